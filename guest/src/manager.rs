@@ -1,0 +1,833 @@
+//! The sans-IO manager: one hook's worth of decisions.
+//!
+//! A host (through [`crate::driver`]) builds a [`Manager`] from a [`HookContext`] — the
+//! clock reading, leadership and the peer databags — then calls one entry point
+//! ([`Manager::request_async_lock`], [`Manager::handle_event`]) and drains
+//! [`Manager::poll_command`], answering [`Command::RunCallback`] with
+//! [`Manager::handle_callback_result`]. The manager never performs I/O: it edits its
+//! in-memory copy of the databags and emits the writes as commands.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Error;
+use crate::op::{Operation, OperationResult, kwargs_json};
+use crate::queue::{Enqueued, OperationQueue, Recorded};
+use crate::scheduler::{next_grant, release_reason};
+use crate::timestamp::Timestamp;
+use crate::wire::{self, Backend, Bag, Grant, Intent, LockState, UnitRecord};
+
+/// The custom hook the manager dispatches to wake a unit up for its turn.
+pub const LOCK_GRANTED_HOOK: &str = "rollingops_lock_granted";
+
+/// The charm's configuration of the library (`RollingOpsManager(...)` arguments).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Peer endpoint holding all state.
+    pub peer_relation_name: String,
+    /// etcd endpoint, if any.
+    pub etcd_relation_name: Option<String>,
+    /// etcd lock scope, if any.
+    pub cluster_id: Option<String>,
+    /// Runtime directory.
+    pub base_dir: String,
+    /// Registered callback ids.
+    pub callback_ids: Vec<String>,
+    /// Registered sync-lock backend ids.
+    pub sync_lock_ids: Vec<String>,
+}
+
+impl Config {
+    /// The constructor's checks.
+    pub fn validate(&self) -> Result<(), Error> {
+        let cluster = self.cluster_id.as_deref().is_some_and(|c| !c.is_empty());
+        if cluster && self.etcd_relation_name.is_none() {
+            return Err(Error::InvalidArgument("cluster_id provided without etcd_relation_name.".into()));
+        }
+        if self.peer_relation_name.trim().is_empty() {
+            return Err(Error::InvalidArgument("peer_relation_name must not be empty.".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Hooks and custom events the library reacts to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `<peer>-relation-changed`.
+    PeerRelationChanged,
+    /// `<peer>-relation-departed` of the named unit.
+    PeerRelationDeparted(String),
+    /// `leader-elected`.
+    LeaderElected,
+    /// `update-status`.
+    UpdateStatus,
+    /// `rollingops_lock_granted`.
+    LockGranted,
+    /// `rollingops_etcd_failed`.
+    EtcdFailed,
+    /// `<etcd>-relation-created`.
+    EtcdRelationCreated,
+    /// `<etcd>-relation-changed`.
+    EtcdRelationChanged,
+    /// `<etcd>-relation-broken`.
+    EtcdRelationBroken,
+    /// `secret-changed` of the labelled secret.
+    SecretChanged(String),
+}
+
+/// The peer relation as this hook sees it.
+#[derive(Clone, Debug, Default)]
+pub struct PeerData {
+    /// Relation id.
+    pub relation_id: u32,
+    /// Application bag.
+    pub app: Bag,
+    /// This unit's bag.
+    pub local: Bag,
+    /// Other units on the relation.
+    pub remote_units: Vec<String>,
+    /// Bags of the remote units that were read (all of them on the leader).
+    pub remote_bags: BTreeMap<String, Bag>,
+}
+
+/// Everything a hook knows when the manager is built.
+#[derive(Clone, Debug)]
+pub struct HookContext {
+    /// Clock reading at the start.
+    pub now: Timestamp,
+    /// This unit's name.
+    pub unit: String,
+    /// Leadership.
+    pub leader: bool,
+    /// The peer relation, if it exists.
+    pub peer: Option<PeerData>,
+}
+
+/// Severity of a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Detail.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected that the library handled.
+    Warning,
+    /// Something that needs a person.
+    Error,
+}
+
+/// What a callback did, as reported by the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// Returned a value (its string form, `None` for non-strings).
+    Returned(Option<String>),
+    /// Raised; the description.
+    Raised(String),
+    /// Not registered in this process.
+    Missing,
+}
+
+/// Work for the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Write keys to a bag of the peer relation (empty value deletes).
+    SetBag {
+        /// Relation id.
+        relation_id: u32,
+        /// App bag (else this unit's bag).
+        app: bool,
+        /// Keys and values.
+        pairs: Vec<(String, String)>,
+    },
+    /// Run a charm callback and answer with [`Manager::handle_callback_result`].
+    RunCallback {
+        /// Callback id.
+        id: String,
+        /// Keyword arguments, a JSON object.
+        kwargs_json: String,
+    },
+    /// Run the named hook on this unit after the current one (no delay).
+    Dispatch {
+        /// Hook name.
+        event: String,
+    },
+    /// Write a log line.
+    Log {
+        /// Severity.
+        level: LogLevel,
+        /// Text.
+        message: String,
+    },
+}
+
+/// `RollingOpsStatus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No peer relation.
+    NotReady,
+    /// Operations queued.
+    Waiting,
+    /// Holds the lock and has not run under it yet.
+    Granted,
+    /// Nothing queued.
+    Idle,
+}
+
+/// `RollingOpsState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State {
+    /// Status.
+    pub status: Status,
+    /// Owning backend.
+    pub processing_backend: Backend,
+}
+
+/// How a charm's sync-lock backend failed, as reported by the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncBackendError {
+    /// It raised `TimeoutError`.
+    TimedOut,
+    /// It raised something else.
+    Failed(String),
+    /// Not registered in this process.
+    Missing,
+}
+
+struct Peer {
+    relation_id: u32,
+    app: Bag,
+    local: Bag,
+    remote_units: BTreeSet<String>,
+    /// Decoded remote bags, in unit order.
+    remotes: Vec<UnitRecord>,
+}
+
+enum Execution {
+    /// A callback runs; the manager waits for its result.
+    CallbackStarted,
+    /// The turn was recorded without a callback (empty queue, unknown id, bad queue).
+    Recorded,
+}
+
+/// One hook's manager. See the module docs for the calling order.
+pub struct Manager {
+    config: Config,
+    now: Timestamp,
+    unit: String,
+    leader: bool,
+    peer: Option<Peer>,
+    commands: VecDeque<Command>,
+    /// Grant identity the running callback executes under.
+    awaiting: Option<String>,
+    callback_ran: bool,
+    dispatched: bool,
+}
+
+impl Manager {
+    /// Whether a hook must read every remote unit's bag before building the manager:
+    /// only the leader schedules, so only the leader needs them.
+    pub fn reads_all_units(leader: bool) -> bool {
+        leader
+    }
+
+    /// Build the manager for one hook.
+    pub fn new(config: Config, context: HookContext) -> Result<Self, Error> {
+        config.validate()?;
+        let peer = context.peer.map(|data| {
+            let mut remotes: Vec<UnitRecord> = data
+                .remote_bags
+                .iter()
+                .filter(|(name, _)| **name != context.unit)
+                .map(|(name, bag)| UnitRecord::decode(name, bag))
+                .collect();
+            remotes.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            Peer {
+                relation_id: data.relation_id,
+                app: data.app,
+                local: data.local,
+                remote_units: data.remote_units.into_iter().filter(|u| *u != context.unit).collect(),
+                remotes,
+            }
+        });
+        Ok(Manager {
+            config,
+            now: context.now,
+            unit: context.unit,
+            leader: context.leader,
+            peer,
+            commands: VecDeque::new(),
+            awaiting: None,
+            callback_ran: false,
+            dispatched: false,
+        })
+    }
+
+    /// Add a remote unit's bag read after construction (for [`Manager::is_waiting`]).
+    pub fn add_remote_bag(&mut self, unit: &str, bag: &Bag) {
+        if let Some(peer) = self.peer.as_mut() {
+            peer.remotes.retain(|r| r.name != unit);
+            peer.remotes.push(UnitRecord::decode(unit, bag));
+            peer.remotes.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+        }
+    }
+
+    /// Whether `unit` is a remote unit whose bag has not been read.
+    pub fn needs_remote_bag(&self, unit: &str) -> bool {
+        self.peer.as_ref().is_some_and(|p| {
+            p.remote_units.contains(unit) && !p.remotes.iter().any(|r| r.name == unit)
+        })
+    }
+
+    /// Next piece of work for the host.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// This unit's name.
+    pub fn unit(&self) -> &str {
+        &self.unit
+    }
+
+    /// The peer relation id, if the relation exists.
+    pub fn relation_id(&self) -> Option<u32> {
+        self.peer.as_ref().map(|p| p.relation_id)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Entry points
+
+    /// `request_async_lock`: queue an operation for this unit (spec/peer.md §1.4).
+    pub fn request_async_lock(
+        &mut self,
+        callback_id: &str,
+        kwargs_json: &str,
+        max_retry: Option<i64>,
+    ) -> Result<(), Error> {
+        const FAILED: &str = "Failed to create the lock request";
+        if !self.config.callback_ids.iter().any(|id| id == callback_id) {
+            return Err(Error::InvalidLockRequest(format!("Unknown callback_id: {callback_id}")));
+        }
+        if self.peer.is_none() {
+            return Err(self.no_relation());
+        }
+        if callback_id.trim().is_empty() {
+            return Err(Error::InvalidLockRequest(format!("{FAILED}: callback_id is blank")));
+        }
+        let kwargs: Map<String, Value> = match serde_json::from_str::<Value>(kwargs_json) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => {
+                let kind = json_kind(&other);
+                return Err(Error::InvalidLockRequest(format!(
+                    "{FAILED}: kwargs must be a JSON object with string keys, got {kind}"
+                )));
+            }
+            Err(e) => {
+                return Err(Error::InvalidLockRequest(format!("{FAILED}: kwargs are not valid JSON: {e}")));
+            }
+        };
+        let max_retry = match max_retry {
+            Some(n) if n < 0 => {
+                return Err(Error::InvalidLockRequest(format!("{FAILED}: max_retry must be >= 0, got {n}")));
+            }
+            other => other.map(|n| n as u64),
+        };
+        let local = self.local_record();
+        let mut queue = local.queue.map_err(|e| {
+            Error::InvalidLockRequest(format!(
+                "{FAILED}: this unit's stored queue cannot be decoded ({}); it was left untouched",
+                e.0
+            ))
+        })?;
+        let head_started = queue.head().is_some_and(|head| head.attempt > 0);
+        let op = Operation::new(callback_id, kwargs, max_retry, self.now);
+        let mut pairs = Vec::new();
+        match queue.enqueue(op, head_started) {
+            Enqueued::Duplicate => self.log(
+                LogLevel::Info,
+                format!("An identical {callback_id:?} request is already queued and not started; not adding another."),
+            ),
+            Enqueued::Appended => {
+                let intent = match (queue.len(), local.intent) {
+                    (1, _) | (_, Ok(Intent::Idle)) | (_, Err(_)) => Intent::Request,
+                    (_, Ok(intent)) => intent,
+                };
+                pairs.push((wire::OPERATIONS.to_string(), queue.encode()));
+                pairs.push((wire::STATE.to_string(), intent.as_str().to_string()));
+                self.log(LogLevel::Info, format!("Queued {callback_id:?} ({} queued on this unit).", queue.len()));
+            }
+        }
+        pairs.push((wire::PROCESSING_BACKEND.to_string(), Backend::Peer.as_str().to_string()));
+        pairs.push((wire::ETCD_CLEANUP_NEEDED.to_string(), "true".to_string()));
+        self.set_local(pairs);
+        self.advance(false);
+        Ok(())
+    }
+
+    /// React to a hook.
+    pub fn handle_event(&mut self, event: Event) -> Result<(), Error> {
+        if self.peer.is_none() {
+            if event == Event::LockGranted {
+                self.log(LogLevel::Error, format!("{}", self.no_relation()));
+            }
+            return Ok(());
+        }
+        match event {
+            Event::PeerRelationDeparted(departing) => {
+                let peer = self.peer.as_mut().expect("checked above");
+                peer.remote_units.remove(&departing);
+                peer.remotes.retain(|r| r.name != departing);
+                self.advance(true);
+            }
+            Event::PeerRelationChanged | Event::LeaderElected | Event::UpdateStatus | Event::LockGranted => {
+                self.advance(true)
+            }
+            Event::EtcdFailed => self.advance(true),
+            Event::EtcdRelationCreated
+            | Event::EtcdRelationChanged
+            | Event::EtcdRelationBroken
+            | Event::SecretChanged(_) => self.log(
+                LogLevel::Debug,
+                "etcd events are ignored: this build coordinates through the peer relation only.".into(),
+            ),
+        }
+        Ok(())
+    }
+
+    /// The host's answer to [`Command::RunCallback`]; `now` is the clock after it returned.
+    pub fn handle_callback_result(&mut self, outcome: CallbackOutcome, now: Timestamp) {
+        let Some(identity) = self.awaiting.take() else { return };
+        self.now = now;
+        let head = self.local_record().queue.ok().and_then(|q| q.head().map(|h| h.callback_id.clone()));
+        let id = head.unwrap_or_default();
+        let result = match outcome {
+            CallbackOutcome::Returned(value) => OperationResult::from_returned(value.as_deref()),
+            CallbackOutcome::Raised(description) => {
+                self.log(
+                    LogLevel::Error,
+                    format!("Callback {id:?} raised; treating it as retry-release: {description}"),
+                );
+                OperationResult::RetryRelease
+            }
+            CallbackOutcome::Missing => {
+                self.log(LogLevel::Error, format!("Callback {id:?} is not registered; dropping the operation."));
+                OperationResult::Release
+            }
+        };
+        self.record(result, &identity);
+        self.advance(false);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Queries
+
+    /// `state` (spec/peer.md §1.4, with `granted` only until the holder has run, §8 W16).
+    pub fn state(&self) -> Result<State, Error> {
+        let Some(_) = &self.peer else {
+            return Ok(State { status: Status::NotReady, processing_backend: Backend::Peer });
+        };
+        let local = self.local_record();
+        let processing_backend = local.backend.clone().unwrap_or(Backend::Peer);
+        let status = if self.should_run().is_some() {
+            Status::Granted
+        } else {
+            match &local.queue {
+                Err(e) => return Err(queue_decoding_error(&local.name, &e.0)),
+                Ok(queue) if queue.is_empty() => Status::Idle,
+                Ok(_) => Status::Waiting,
+            }
+        };
+        Ok(State { status, processing_backend })
+    }
+
+    /// `is_waiting` / `is_waiting_callback`.
+    pub fn is_waiting(&self, unit: Option<&str>, callback_id: Option<&str>) -> Result<bool, Error> {
+        let Some(peer) = &self.peer else { return Ok(false) };
+        let record = match unit {
+            None => self.local_record(),
+            Some(name) if name == self.unit => self.local_record(),
+            Some(name) if peer.remote_units.contains(name) => peer
+                .remotes
+                .iter()
+                .find(|r| r.name == name)
+                .cloned()
+                .unwrap_or_else(|| UnitRecord::decode(name, &Bag::new())),
+            Some(_) => {
+                return Err(Error::InvalidArgument(
+                    "unit_name provided does not belong to the peer relation.".into(),
+                ));
+            }
+        };
+        let queue = record.queue.map_err(|e| queue_decoding_error(&record.name, &e.0))?;
+        Ok(match callback_id {
+            None => !queue.is_empty(),
+            Some(id) => queue.ops().iter().any(|op| op.callback_id == id),
+        })
+    }
+
+    /// A JSON view of the lock and every known unit's queue, for people and scripts.
+    pub fn describe(&self) -> String {
+        let Some(peer) = &self.peer else {
+            return json!({"unit": self.unit, "leader": self.leader, "relation": false}).to_string();
+        };
+        let lock = LockState::decode(&peer.app);
+        let local = self.local_record();
+        let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
+        units.push(&local);
+        units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+        let units: Vec<Value> = units.into_iter().map(|u| describe_unit(u, self.now)).collect();
+        json!({
+            "unit": self.unit,
+            "leader": self.leader,
+            "relation": true,
+            "now": self.now.to_string(),
+            "lock": lock.grant.as_ref().map(|g| json!({
+                "holder": g.unit,
+                "granted_at": g.at_raw,
+                "held_for_seconds": g.at.map(|at| self.now.seconds_since(at)),
+                "generation": g.seq,
+            })),
+            "units": units,
+            "remote_units_not_read": peer.remote_units.iter()
+                .filter(|u| !peer.remotes.iter().any(|r| &r.name == *u)).collect::<Vec<_>>(),
+        })
+        .to_string()
+    }
+
+    /// Check a sync-lock backend id before the host calls it.
+    pub fn check_sync_backend(&self, backend_id: &str) -> Result<(), Error> {
+        if self.config.sync_lock_ids.iter().any(|id| id == backend_id) {
+            Ok(())
+        } else {
+            Err(unknown_sync_backend(backend_id))
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Decisions
+
+    /// Schedule (leader), run this unit's turn inline when it holds the lock (at most one
+    /// callback per hook), and ask for a fresh hook when another turn is due.
+    fn advance(&mut self, inline: bool) {
+        if self.peer.is_none() || self.awaiting.is_some() {
+            return;
+        }
+        self.fall_back_from_etcd();
+        loop {
+            if self.leader {
+                self.schedule();
+            }
+            let Some(grant) = self.should_run() else { return };
+            if !inline || self.callback_ran {
+                self.wake_up();
+                return;
+            }
+            match self.start_execution(&grant) {
+                Execution::CallbackStarted => return,
+                Execution::Recorded => continue,
+            }
+        }
+    }
+
+    /// This build cannot drive etcd, so a unit left etcd-managed (by an earlier library
+    /// version) hands its queue back to the peer scheduler instead of stranding it.
+    fn fall_back_from_etcd(&mut self) {
+        if !self.local_record().peer_managed() {
+            self.log(LogLevel::Warning, "Unit was etcd-managed; falling back to the peer relation.".into());
+            self.set_local(vec![
+                (wire::PROCESSING_BACKEND.into(), Backend::Peer.as_str().into()),
+                (wire::ETCD_CLEANUP_NEEDED.into(), "true".into()),
+            ]);
+        }
+    }
+
+    /// The leader's pass: end a finished grant, then grant the next unit.
+    fn schedule(&mut self) {
+        let lock = {
+            let peer = self.peer.as_ref().expect("scheduling needs the relation");
+            LockState::decode(&peer.app)
+        };
+        let mut seq = lock.last_seq;
+        if let Some(grant) = &lock.grant {
+            let local = self.local_record();
+            let holder = self.holder_record(grant, &local);
+            match release_reason(holder.as_ref(), grant) {
+                None => return,
+                Some(reason) => {
+                    self.log(LogLevel::Info, format!("Releasing the lock held by {}: {}.", grant.unit, reason.describe()));
+                    self.set_app(wire::release_pairs(seq));
+                }
+            }
+        }
+        let local = self.local_record();
+        let peer = self.peer.as_ref().expect("scheduling needs the relation");
+        let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
+        units.push(&local);
+        units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+        let skipped: Vec<String> = units
+            .iter()
+            .filter_map(|u| u.schedulable().err().map(|e| format!("{} ({})", u.name, e.0)))
+            .collect();
+        let next = next_grant(units.iter().copied()).map(|u| u.name.clone());
+        if !skipped.is_empty() {
+            self.log(
+                LogLevel::Error,
+                format!("Skipping units whose rollingops data cannot be decoded: {}.", skipped.join(", ")),
+            );
+        }
+        if let Some(unit) = next {
+            seq += 1;
+            self.log(LogLevel::Info, format!("Granting the lock to {unit}."));
+            self.set_app(wire::grant_pairs(&unit, self.now, seq));
+        }
+    }
+
+    fn holder_record(&self, grant: &Grant, local: &UnitRecord) -> Option<UnitRecord> {
+        if grant.unit == self.unit {
+            return Some(local.clone());
+        }
+        let peer = self.peer.as_ref()?;
+        if !peer.remote_units.contains(&grant.unit) {
+            return None;
+        }
+        let found = peer.remotes.iter().find(|r| r.name == grant.unit).cloned();
+        Some(found.unwrap_or_else(|| UnitRecord::decode(&grant.unit, &Bag::new())))
+    }
+
+    /// The grant this unit should run under now, if any.
+    fn should_run(&self) -> Option<Grant> {
+        let peer = self.peer.as_ref()?;
+        let grant = LockState::decode(&peer.app).grant?;
+        if grant.unit != self.unit {
+            return None;
+        }
+        let local = self.local_record();
+        if !local.peer_managed() {
+            return None;
+        }
+        match &local.executed_grant {
+            Some(echo) => (*echo != grant.identity()).then_some(grant),
+            // A unit upgraded from the reference mid-turn: it ran already if its own record
+            // says so by the reference's rule (only reachable before its first echo).
+            None => {
+                let ran = matches!((local.executed_at, grant.at), (Some(e), Some(g)) if e > g && grant.seq.is_none());
+                (!ran).then_some(grant)
+            }
+        }
+    }
+
+    fn start_execution(&mut self, grant: &Grant) -> Execution {
+        let identity = grant.identity();
+        let local = self.local_record();
+        let queue = match local.queue {
+            Ok(queue) => queue,
+            Err(e) => {
+                self.log(
+                    LogLevel::Error,
+                    format!(
+                        "Cannot run under the lock: this unit's queue cannot be decoded ({}). \
+                         Handing the lock on; the stored queue is left untouched for repair.",
+                        e.0
+                    ),
+                );
+                self.set_local(vec![
+                    (wire::EXECUTED_AT.into(), self.now.to_string()),
+                    (wire::EXECUTED_GRANT.into(), identity),
+                ]);
+                return Execution::Recorded;
+            }
+        };
+        let Some(head) = queue.head() else {
+            self.write_turn(&queue, Intent::Idle, &identity);
+            return Execution::Recorded;
+        };
+        if !self.config.callback_ids.iter().any(|id| *id == head.callback_id) {
+            self.log(
+                LogLevel::Error,
+                format!("Unknown callback_id {:?}: dropping the operation.", head.callback_id),
+            );
+            let mut queue = queue;
+            queue.drop_head();
+            let intent = if queue.is_empty() { Intent::Idle } else { Intent::Request };
+            self.write_turn(&queue, intent, &identity);
+            return Execution::Recorded;
+        }
+        self.log(LogLevel::Info, format!("Running {:?} under the lock (attempt {}).", head.callback_id, head.attempt + 1));
+        self.commands.push_back(Command::RunCallback {
+            id: head.callback_id.clone(),
+            kwargs_json: kwargs_json(&head.kwargs),
+        });
+        self.awaiting = Some(identity);
+        self.callback_ran = true;
+        Execution::CallbackStarted
+    }
+
+    fn record(&mut self, result: OperationResult, identity: &str) {
+        let Ok(mut queue) = self.local_record().queue else { return };
+        let id = queue.head().map(|h| h.callback_id.clone()).unwrap_or_default();
+        let intent = match queue.record(result) {
+            Some(Recorded::Retained(OperationResult::RetryHold)) => Intent::RetryHold,
+            Some(Recorded::Retained(_)) => Intent::RetryRelease,
+            Some(Recorded::Removed { exhausted }) => {
+                if exhausted {
+                    self.log(LogLevel::Warning, format!("{id:?} reached its max_retry; dropping it."));
+                }
+                if queue.is_empty() { Intent::Idle } else { Intent::Request }
+            }
+            None => Intent::Idle,
+        };
+        self.log(LogLevel::Info, format!("{id:?} finished with {}.", result.as_str()));
+        self.write_turn(&queue, intent, identity);
+    }
+
+    fn write_turn(&mut self, queue: &OperationQueue, intent: Intent, identity: &str) {
+        self.set_local(vec![
+            (wire::OPERATIONS.into(), queue.encode()),
+            (wire::STATE.into(), intent.as_str().into()),
+            (wire::EXECUTED_AT.into(), self.now.to_string()),
+            (wire::EXECUTED_GRANT.into(), identity.into()),
+        ]);
+    }
+
+    fn wake_up(&mut self) {
+        if !self.dispatched {
+            self.dispatched = true;
+            self.commands.push_back(Command::Dispatch { event: LOCK_GRANTED_HOOK.into() });
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Bag plumbing
+
+    fn local_record(&self) -> UnitRecord {
+        match &self.peer {
+            Some(peer) => UnitRecord::decode(&self.unit, &peer.local),
+            None => UnitRecord::decode(&self.unit, &Bag::new()),
+        }
+    }
+
+    fn set_local(&mut self, pairs: Vec<(String, String)>) {
+        self.set_bag(false, pairs);
+    }
+
+    fn set_app(&mut self, pairs: Vec<(String, String)>) {
+        self.set_bag(true, pairs);
+    }
+
+    /// Apply writes to the in-memory bag and emit only those that change something.
+    fn set_bag(&mut self, app: bool, pairs: Vec<(String, String)>) {
+        let Some(peer) = self.peer.as_mut() else { return };
+        let bag = if app { &mut peer.app } else { &mut peer.local };
+        let mut changed = Vec::new();
+        for (key, value) in pairs {
+            let current = bag.get(&key).map(String::as_str).unwrap_or("");
+            if current == value {
+                continue;
+            }
+            if value.is_empty() {
+                bag.remove(&key);
+            } else {
+                bag.insert(key.clone(), value.clone());
+            }
+            changed.push((key, value));
+        }
+        if !changed.is_empty() {
+            self.commands.push_back(Command::SetBag { relation_id: peer.relation_id, app, pairs: changed });
+        }
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.commands.push_back(Command::Log { level, message });
+    }
+
+    fn no_relation(&self) -> Error {
+        Error::NoRelation(format!("No {} peer relation yet.", self.config.peer_relation_name))
+    }
+}
+
+/// The error for a `sync-backend-acquire` failure (spec/peer.md §5.1, with timeouts kept
+/// as timeouts, §8 W14).
+pub fn sync_acquire_error(backend_id: &str, error: SyncBackendError) -> Error {
+    match error {
+        SyncBackendError::TimedOut => {
+            Error::Timeout(format!("Timed out acquiring sync lock backend {backend_id}"))
+        }
+        SyncBackendError::Failed(description) => {
+            Error::SyncLock(format!("Failed to acquire sync lock backend {backend_id}: {description}"))
+        }
+        SyncBackendError::Missing => unknown_sync_backend(backend_id),
+    }
+}
+
+/// The error for a `sync-backend-release` failure.
+pub fn sync_release_error(backend_id: &str, error: SyncBackendError) -> Error {
+    match error {
+        SyncBackendError::Missing => unknown_sync_backend(backend_id),
+        SyncBackendError::TimedOut => {
+            Error::SyncLock(format!("Failed to release sync lock backend {backend_id}: timed out"))
+        }
+        SyncBackendError::Failed(description) => {
+            Error::SyncLock(format!("Failed to release sync lock backend {backend_id}: {description}"))
+        }
+    }
+}
+
+fn unknown_sync_backend(backend_id: &str) -> Error {
+    Error::SyncLock(format!("Unknown sync lock backend: {backend_id}."))
+}
+
+fn queue_decoding_error(unit: &str, why: &str) -> Error {
+    Error::Decoding(format!("Failed to deserialize data to create an OperationQueue (unit {unit}): {why}"))
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe_unit(unit: &UnitRecord, now: Timestamp) -> Value {
+    let queue = match &unit.queue {
+        Ok(queue) => Value::Array(
+            queue
+                .ops()
+                .iter()
+                .map(|op| {
+                    json!({
+                        "callback_id": op.callback_id,
+                        "kwargs": op.kwargs,
+                        "attempt": op.attempt,
+                        "max_retry": op.max_retry,
+                        "requested_at": op.requested_at.to_string(),
+                        "age_seconds": now.seconds_since(op.requested_at),
+                    })
+                })
+                .collect(),
+        ),
+        Err(_) => Value::Null,
+    };
+    let mut errors = Vec::new();
+    if let Err(e) = &unit.queue {
+        errors.push(format!("operations: {}", e.0));
+    }
+    if let Err(e) = &unit.intent {
+        errors.push(format!("state: {}", e.0));
+    }
+    if let Err(e) = &unit.backend {
+        errors.push(format!("processing_backend: {}", e.0));
+    }
+    json!({
+        "name": unit.name,
+        "intent": unit.schedulable().ok().map(|(_, intent)| intent.as_str()),
+        "backend": unit.backend.as_ref().ok().map(|b| b.as_str()),
+        "executed_at": unit.executed_at.map(|t| t.to_string()),
+        "queue": queue,
+        "errors": errors,
+    })
+}
