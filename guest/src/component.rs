@@ -1,0 +1,228 @@
+//! The WIT glue (wasm32 only): implements [`Effects`] with the component's imports and
+//! the exported `manager` resource with the driver.
+
+use std::cell::RefCell;
+
+use crate::driver::{self, BagOwner, Effects};
+use crate::error::Error;
+use crate::manager::{CallbackOutcome, Config, Event, LogLevel, Manager, Status, SyncBackendError};
+use crate::timestamp::Timestamp;
+use crate::wire::{Backend, Bag};
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "rollingops",
+});
+
+use exports::juju::rollingops::api::{Guest, GuestManager, Manager as ManagerHandle};
+use juju::rollingops::types as wit;
+use juju::rollingops::{charm, clock, juju as hook};
+
+struct Component;
+
+export!(Component);
+
+impl Guest for Component {
+    type Manager = ManagerResource;
+}
+
+/// One hook's manager. The snapshot is read on first use, so constructing the manager in
+/// every hook (as charms do in `__init__`) costs no hook-tool calls.
+struct ManagerResource {
+    config: Config,
+    loaded: RefCell<Option<Manager>>,
+}
+
+impl ManagerResource {
+    fn with<T>(&self, f: impl FnOnce(&mut Manager, &mut Imports) -> Result<T, Error>) -> Result<T, wit::Error> {
+        let mut fx = Imports;
+        let mut slot = self.loaded.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(driver::load(self.config.clone(), &mut fx).map_err(to_wit)?);
+        }
+        f(slot.as_mut().expect("just loaded"), &mut fx).map_err(to_wit)
+    }
+}
+
+impl GuestManager for ManagerResource {
+    fn create(config: wit::Config) -> Result<ManagerHandle, wit::Error> {
+        let config = Config {
+            peer_relation_name: config.peer_relation_name,
+            etcd_relation_name: config.etcd_relation_name,
+            cluster_id: config.cluster_id,
+            base_dir: config.base_dir,
+            callback_ids: config.callback_ids,
+            sync_lock_ids: config.sync_lock_ids,
+        };
+        config.validate().map_err(to_wit)?;
+        Ok(ManagerHandle::new(ManagerResource { config, loaded: RefCell::new(None) }))
+    }
+
+    fn request_async_lock(&self, callback_id: String, kwargs_json: String, max_retry: Option<i64>) -> Result<(), wit::Error> {
+        self.with(|m, fx| driver::request_async_lock(m, fx, &callback_id, &kwargs_json, max_retry))
+    }
+
+    fn handle_event(&self, event: wit::Event) -> Result<(), wit::Error> {
+        let event = match event {
+            wit::Event::PeerRelationChanged => Event::PeerRelationChanged,
+            wit::Event::PeerRelationDeparted(unit) => Event::PeerRelationDeparted(unit),
+            wit::Event::LeaderElected => Event::LeaderElected,
+            wit::Event::UpdateStatus => Event::UpdateStatus,
+            wit::Event::LockGranted => Event::LockGranted,
+            wit::Event::EtcdFailed => Event::EtcdFailed,
+            wit::Event::EtcdRelationCreated => Event::EtcdRelationCreated,
+            wit::Event::EtcdRelationChanged => Event::EtcdRelationChanged,
+            wit::Event::EtcdRelationBroken => Event::EtcdRelationBroken,
+            wit::Event::SecretChanged(label) => Event::SecretChanged(label),
+        };
+        self.with(|m, fx| driver::handle_event(m, fx, event))
+    }
+
+    fn state(&self) -> Result<wit::State, wit::Error> {
+        let state = self.with(|m, _| driver::state(m))?;
+        Ok(wit::State {
+            status: match state.status {
+                Status::NotReady => wit::Status::NotReady,
+                Status::Waiting => wit::Status::Waiting,
+                Status::Granted => wit::Status::Granted,
+                Status::Idle => wit::Status::Idle,
+            },
+            processing_backend: match state.processing_backend {
+                Backend::Peer => wit::ProcessingBackend::Peer,
+                Backend::Etcd => wit::ProcessingBackend::Etcd,
+            },
+        })
+    }
+
+    fn is_waiting(&self, unit_name: Option<String>, callback_id: Option<String>) -> Result<bool, wit::Error> {
+        self.with(|m, fx| driver::is_waiting(m, fx, unit_name.as_deref(), callback_id.as_deref()))
+    }
+
+    fn acquire_sync_lock(&self, backend_id: String, timeout_seconds: Option<u32>) -> Result<(), wit::Error> {
+        self.with(|m, fx| driver::acquire_sync_lock(m, fx, &backend_id, timeout_seconds))
+    }
+
+    fn release_sync_lock(&self, backend_id: String) -> Result<(), wit::Error> {
+        self.with(|m, fx| driver::release_sync_lock(m, fx, &backend_id))
+    }
+
+    fn run_worker(&self) -> Result<(), wit::Error> {
+        Err(to_wit(Error::EtcdNotConfigured(
+            "the etcd worker is not available: this build coordinates through the peer relation only".into(),
+        )))
+    }
+
+    fn describe(&self) -> Result<String, wit::Error> {
+        self.with(|m, _| Ok(m.describe()))
+    }
+}
+
+struct Imports;
+
+impl Effects for Imports {
+    fn unit_name(&mut self) -> String {
+        hook::unit_name()
+    }
+
+    fn is_leader(&mut self) -> Result<bool, Error> {
+        hook::is_leader().map_err(from_wit)
+    }
+
+    fn relation_ids(&mut self, endpoint: &str) -> Result<Vec<u32>, Error> {
+        hook::relation_ids(endpoint).map_err(from_wit)
+    }
+
+    fn relation_units(&mut self, relation_id: u32) -> Result<Vec<String>, Error> {
+        hook::relation_units(relation_id).map_err(from_wit)
+    }
+
+    fn relation_get(&mut self, relation_id: u32, owner: BagOwner<'_>) -> Result<Bag, Error> {
+        let owner = match owner {
+            BagOwner::App => wit::BagOwner::App,
+            BagOwner::Unit(unit) => wit::BagOwner::Unit(unit.to_string()),
+        };
+        Ok(hook::relation_get(relation_id, &owner).map_err(from_wit)?.into_iter().collect())
+    }
+
+    fn relation_set(&mut self, relation_id: u32, app: bool, pairs: &[(String, String)]) -> Result<(), Error> {
+        hook::relation_set(relation_id, app, pairs).map_err(from_wit)
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => wit::LogLevel::Debug,
+            LogLevel::Info => wit::LogLevel::Info,
+            LogLevel::Warning => wit::LogLevel::Warning,
+            LogLevel::Error => wit::LogLevel::Error,
+        };
+        hook::log(level, message);
+    }
+
+    fn dispatch(&mut self, event: &str) -> Result<(), Error> {
+        hook::dispatch(event).map_err(from_wit)
+    }
+
+    fn now(&mut self) -> Timestamp {
+        Timestamp::from_micros(clock::now_micros())
+    }
+
+    fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
+        match charm::run_callback(id, kwargs_json) {
+            wit::CallbackOutcome::Returned(value) => CallbackOutcome::Returned(value),
+            wit::CallbackOutcome::Raised(description) => CallbackOutcome::Raised(description),
+            wit::CallbackOutcome::Missing => CallbackOutcome::Missing,
+        }
+    }
+
+    fn sync_backend_acquire(&mut self, id: &str, timeout_seconds: Option<u32>) -> Result<(), SyncBackendError> {
+        charm::sync_backend_acquire(id, timeout_seconds).map_err(sync_error)
+    }
+
+    fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError> {
+        charm::sync_backend_release(id).map_err(sync_error)
+    }
+}
+
+fn sync_error(error: charm::SyncBackendError) -> SyncBackendError {
+    match error {
+        charm::SyncBackendError::TimedOut => SyncBackendError::TimedOut,
+        charm::SyncBackendError::Failed(description) => SyncBackendError::Failed(description),
+        charm::SyncBackendError::Missing => SyncBackendError::Missing,
+    }
+}
+
+fn to_wit(error: Error) -> wit::Error {
+    let message = error.message().to_string();
+    match error {
+        Error::NoRelation(_) => wit::Error::NoRelation(message),
+        Error::FileSystem(_) => wit::Error::FileSystem(message),
+        Error::InvalidLockRequest(_) => wit::Error::InvalidLockRequest(message),
+        Error::Decoding(_) => wit::Error::Decoding(message),
+        Error::InvalidSecretContent(_) => wit::Error::InvalidSecretContent(message),
+        Error::LibMissing(_) => wit::Error::LibMissing(message),
+        Error::Etcdctl(_) => wit::Error::Etcdctl(message),
+        Error::EtcdNotConfigured(_) => wit::Error::EtcdNotConfigured(message),
+        Error::SyncLock(_) => wit::Error::SyncLock(message),
+        Error::Timeout(_) => wit::Error::Timeout(message),
+        Error::InvalidArgument(_) => wit::Error::InvalidArgument(message),
+        Error::Host(_) => wit::Error::Host(message),
+    }
+}
+
+fn from_wit(error: wit::Error) -> Error {
+    match error {
+        wit::Error::NoRelation(m) => Error::NoRelation(m),
+        wit::Error::FileSystem(m) => Error::FileSystem(m),
+        wit::Error::InvalidLockRequest(m) => Error::InvalidLockRequest(m),
+        wit::Error::Decoding(m) => Error::Decoding(m),
+        wit::Error::InvalidSecretContent(m) => Error::InvalidSecretContent(m),
+        wit::Error::LibMissing(m) => Error::LibMissing(m),
+        wit::Error::Etcdctl(m) => Error::Etcdctl(m),
+        wit::Error::EtcdNotConfigured(m) => Error::EtcdNotConfigured(m),
+        wit::Error::SyncLock(m) => Error::SyncLock(m),
+        wit::Error::Timeout(m) => Error::Timeout(m),
+        wit::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+        wit::Error::Host(m) => Error::Host(m),
+    }
+}
+
