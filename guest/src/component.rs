@@ -34,7 +34,10 @@ struct ManagerResource {
 }
 
 impl ManagerResource {
-    fn with<T>(&self, f: impl FnOnce(&mut Manager, &mut Imports) -> Result<T, Error>) -> Result<T, wit::Error> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Manager, &mut Imports) -> Result<T, Error>,
+    ) -> Result<T, wit::Error> {
         let mut fx = Imports;
         let mut slot = self.loaded.borrow_mut();
         if slot.is_none() {
@@ -55,10 +58,18 @@ impl GuestManager for ManagerResource {
             sync_lock_ids: config.sync_lock_ids,
         };
         config.validate().map_err(to_wit)?;
-        Ok(ManagerHandle::new(ManagerResource { config, loaded: RefCell::new(None) }))
+        Ok(ManagerHandle::new(ManagerResource {
+            config,
+            loaded: RefCell::new(None),
+        }))
     }
 
-    fn request_async_lock(&self, callback_id: String, kwargs_json: String, max_retry: Option<i64>) -> Result<(), wit::Error> {
+    fn request_async_lock(
+        &self,
+        callback_id: String,
+        kwargs_json: String,
+        max_retry: Option<i64>,
+    ) -> Result<(), wit::Error> {
         self.with(|m, fx| driver::request_async_lock(m, fx, &callback_id, &kwargs_json, max_retry))
     }
 
@@ -94,11 +105,19 @@ impl GuestManager for ManagerResource {
         })
     }
 
-    fn is_waiting(&self, unit_name: Option<String>, callback_id: Option<String>) -> Result<bool, wit::Error> {
+    fn is_waiting(
+        &self,
+        unit_name: Option<String>,
+        callback_id: Option<String>,
+    ) -> Result<bool, wit::Error> {
         self.with(|m, fx| driver::is_waiting(m, fx, unit_name.as_deref(), callback_id.as_deref()))
     }
 
-    fn acquire_sync_lock(&self, backend_id: String, timeout_seconds: Option<u32>) -> Result<(), wit::Error> {
+    fn acquire_sync_lock(
+        &self,
+        backend_id: String,
+        timeout_seconds: Option<u32>,
+    ) -> Result<(), wit::Error> {
         self.with(|m, fx| driver::acquire_sync_lock(m, fx, &backend_id, timeout_seconds))
     }
 
@@ -141,10 +160,18 @@ impl Effects for Imports {
             BagOwner::App => wit::BagOwner::App,
             BagOwner::Unit(unit) => wit::BagOwner::Unit(unit.to_string()),
         };
-        Ok(hook::relation_get(relation_id, &owner).map_err(from_wit)?.into_iter().collect())
+        Ok(hook::relation_get(relation_id, &owner)
+            .map_err(from_wit)?
+            .into_iter()
+            .collect())
     }
 
-    fn relation_set(&mut self, relation_id: u32, app: bool, pairs: &[(String, String)]) -> Result<(), Error> {
+    fn relation_set(
+        &mut self,
+        relation_id: u32,
+        app: bool,
+        pairs: &[(String, String)],
+    ) -> Result<(), Error> {
         hook::relation_set(relation_id, app, pairs).map_err(from_wit)
     }
 
@@ -174,7 +201,11 @@ impl Effects for Imports {
         }
     }
 
-    fn sync_backend_acquire(&mut self, id: &str, timeout_seconds: Option<u32>) -> Result<(), SyncBackendError> {
+    fn sync_backend_acquire(
+        &mut self,
+        id: &str,
+        timeout_seconds: Option<u32>,
+    ) -> Result<(), SyncBackendError> {
         charm::sync_backend_acquire(id, timeout_seconds).map_err(sync_error)
     }
 
@@ -225,4 +256,3 @@ fn from_wit(error: wit::Error) -> Error {
         wit::Error::Host(m) => Error::Host(m),
     }
 }
-

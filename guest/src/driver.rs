@@ -32,7 +32,12 @@ pub trait Effects {
     /// A databag.
     fn relation_get(&mut self, relation_id: u32, owner: BagOwner<'_>) -> Result<Bag, Error>;
     /// Write keys (empty value deletes).
-    fn relation_set(&mut self, relation_id: u32, app: bool, pairs: &[(String, String)]) -> Result<(), Error>;
+    fn relation_set(
+        &mut self,
+        relation_id: u32,
+        app: bool,
+        pairs: &[(String, String)],
+    ) -> Result<(), Error>;
     /// Log a line.
     fn log(&mut self, level: LogLevel, message: &str);
     /// Run a hook on this unit after the current one.
@@ -42,7 +47,11 @@ pub trait Effects {
     /// Run a charm callback.
     fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome;
     /// Acquire a charm sync-lock backend.
-    fn sync_backend_acquire(&mut self, id: &str, timeout_seconds: Option<u32>) -> Result<(), SyncBackendError>;
+    fn sync_backend_acquire(
+        &mut self,
+        id: &str,
+        timeout_seconds: Option<u32>,
+    ) -> Result<(), SyncBackendError>;
     /// Release a charm sync-lock backend.
     fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError>;
 }
@@ -62,13 +71,30 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
             let mut remote_bags = std::collections::BTreeMap::new();
             if Manager::reads_all_units(leader) {
                 for remote in &remote_units {
-                    remote_bags.insert(remote.clone(), fx.relation_get(relation_id, BagOwner::Unit(remote))?);
+                    remote_bags.insert(
+                        remote.clone(),
+                        fx.relation_get(relation_id, BagOwner::Unit(remote))?,
+                    );
                 }
             }
-            Some(PeerData { relation_id, app, local, remote_units, remote_bags })
+            Some(PeerData {
+                relation_id,
+                app,
+                local,
+                remote_units,
+                remote_bags,
+            })
         }
     };
-    Manager::new(config, HookContext { now, unit, leader, peer })
+    Manager::new(
+        config,
+        HookContext {
+            now,
+            unit,
+            leader,
+            peer,
+        },
+    )
 }
 
 /// Carry out every pending command. A failed databag write fails the hook (Juju then
@@ -76,7 +102,11 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
 pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> {
     while let Some(command) = manager.poll_command() {
         match command {
-            Command::SetBag { relation_id, app, pairs } => fx.relation_set(relation_id, app, &pairs)?,
+            Command::SetBag {
+                relation_id,
+                app,
+                pairs,
+            } => fx.relation_set(relation_id, app, &pairs)?,
             Command::RunCallback { id, kwargs_json } => {
                 let outcome = fx.run_callback(&id, &kwargs_json);
                 let now = fx.now();
@@ -86,7 +116,9 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                 if let Err(e) = fx.dispatch(&event) {
                     fx.log(
                         LogLevel::Warning,
-                        &format!("Could not dispatch {event}; the next hook will pick the turn up: {e}"),
+                        &format!(
+                            "Could not dispatch {event}; the next hook will pick the turn up: {e}"
+                        ),
                     );
                 }
             }
@@ -110,7 +142,11 @@ pub fn request_async_lock(
 }
 
 /// One hook event end to end.
-pub fn handle_event(manager: &mut Manager, fx: &mut impl Effects, event: Event) -> Result<(), Error> {
+pub fn handle_event(
+    manager: &mut Manager,
+    fx: &mut impl Effects,
+    event: Event,
+) -> Result<(), Error> {
     let result = manager.handle_event(event);
     drive(manager, fx)?;
     result
@@ -150,7 +186,12 @@ pub fn acquire_sync_lock(
 }
 
 /// Release the synchronous lock.
-pub fn release_sync_lock(manager: &Manager, fx: &mut impl Effects, backend_id: &str) -> Result<(), Error> {
+pub fn release_sync_lock(
+    manager: &Manager,
+    fx: &mut impl Effects,
+    backend_id: &str,
+) -> Result<(), Error> {
     manager.check_sync_backend(backend_id)?;
-    fx.sync_backend_release(backend_id).map_err(|e| sync_release_error(backend_id, e))
+    fx.sync_backend_release(backend_id)
+        .map_err(|e| sync_release_error(backend_id, e))
 }

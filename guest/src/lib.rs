@@ -26,6 +26,8 @@ pub mod wire;
 mod component;
 
 pub use error::Error;
-pub use manager::{CallbackOutcome, Command, Config, Event, HookContext, LogLevel, Manager, State, Status};
+pub use manager::{
+    CallbackOutcome, Command, Config, Event, HookContext, LogLevel, Manager, State, Status,
+};
 pub use op::{Operation, OperationResult};
 pub use timestamp::Timestamp;

@@ -43,10 +43,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         let cluster = self.cluster_id.as_deref().is_some_and(|c| !c.is_empty());
         if cluster && self.etcd_relation_name.is_none() {
-            return Err(Error::InvalidArgument("cluster_id provided without etcd_relation_name.".into()));
+            return Err(Error::InvalidArgument(
+                "cluster_id provided without etcd_relation_name.".into(),
+            ));
         }
         if self.peer_relation_name.trim().is_empty() {
-            return Err(Error::InvalidArgument("peer_relation_name must not be empty.".into()));
+            return Err(Error::InvalidArgument(
+                "peer_relation_name must not be empty.".into(),
+            ));
         }
         Ok(())
     }
@@ -242,12 +246,17 @@ impl Manager {
                 .filter(|(name, _)| **name != context.unit)
                 .map(|(name, bag)| UnitRecord::decode(name, bag))
                 .collect();
-            remotes.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            remotes
+                .sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
             Peer {
                 relation_id: data.relation_id,
                 app: data.app,
                 local: data.local,
-                remote_units: data.remote_units.into_iter().filter(|u| *u != context.unit).collect(),
+                remote_units: data
+                    .remote_units
+                    .into_iter()
+                    .filter(|u| *u != context.unit)
+                    .collect(),
                 remotes,
             }
         });
@@ -269,7 +278,8 @@ impl Manager {
         if let Some(peer) = self.peer.as_mut() {
             peer.remotes.retain(|r| r.name != unit);
             peer.remotes.push(UnitRecord::decode(unit, bag));
-            peer.remotes.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            peer.remotes
+                .sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
         }
     }
 
@@ -307,13 +317,17 @@ impl Manager {
     ) -> Result<(), Error> {
         const FAILED: &str = "Failed to create the lock request";
         if !self.config.callback_ids.iter().any(|id| id == callback_id) {
-            return Err(Error::InvalidLockRequest(format!("Unknown callback_id: {callback_id}")));
+            return Err(Error::InvalidLockRequest(format!(
+                "Unknown callback_id: {callback_id}"
+            )));
         }
         if self.peer.is_none() {
             return Err(self.no_relation());
         }
         if callback_id.trim().is_empty() {
-            return Err(Error::InvalidLockRequest(format!("{FAILED}: callback_id is blank")));
+            return Err(Error::InvalidLockRequest(format!(
+                "{FAILED}: callback_id is blank"
+            )));
         }
         let kwargs: Map<String, Value> = match serde_json::from_str::<Value>(kwargs_json) {
             Ok(Value::Object(map)) => map,
@@ -324,12 +338,16 @@ impl Manager {
                 )));
             }
             Err(e) => {
-                return Err(Error::InvalidLockRequest(format!("{FAILED}: kwargs are not valid JSON: {e}")));
+                return Err(Error::InvalidLockRequest(format!(
+                    "{FAILED}: kwargs are not valid JSON: {e}"
+                )));
             }
         };
         let max_retry = match max_retry {
             Some(n) if n < 0 => {
-                return Err(Error::InvalidLockRequest(format!("{FAILED}: max_retry must be >= 0, got {n}")));
+                return Err(Error::InvalidLockRequest(format!(
+                    "{FAILED}: max_retry must be >= 0, got {n}"
+                )));
             }
             other => other.map(|n| n as u64),
         };
@@ -358,7 +376,10 @@ impl Manager {
                 self.log(LogLevel::Info, format!("Queued {callback_id:?} ({} queued on this unit).", queue.len()));
             }
         }
-        pairs.push((wire::PROCESSING_BACKEND.to_string(), Backend::Peer.as_str().to_string()));
+        pairs.push((
+            wire::PROCESSING_BACKEND.to_string(),
+            Backend::Peer.as_str().to_string(),
+        ));
         pairs.push((wire::ETCD_CLEANUP_NEEDED.to_string(), "true".to_string()));
         self.set_local(pairs);
         self.advance(false);
@@ -380,16 +401,18 @@ impl Manager {
                 peer.remotes.retain(|r| r.name != departing);
                 self.advance(true);
             }
-            Event::PeerRelationChanged | Event::LeaderElected | Event::UpdateStatus | Event::LockGranted => {
-                self.advance(true)
-            }
+            Event::PeerRelationChanged
+            | Event::LeaderElected
+            | Event::UpdateStatus
+            | Event::LockGranted => self.advance(true),
             Event::EtcdFailed => self.advance(true),
             Event::EtcdRelationCreated
             | Event::EtcdRelationChanged
             | Event::EtcdRelationBroken
             | Event::SecretChanged(_) => self.log(
                 LogLevel::Debug,
-                "etcd events are ignored: this build coordinates through the peer relation only.".into(),
+                "etcd events are ignored: this build coordinates through the peer relation only."
+                    .into(),
             ),
         }
         Ok(())
@@ -397,9 +420,15 @@ impl Manager {
 
     /// The host's answer to [`Command::RunCallback`]; `now` is the clock after it returned.
     pub fn handle_callback_result(&mut self, outcome: CallbackOutcome, now: Timestamp) {
-        let Some(identity) = self.awaiting.take() else { return };
+        let Some(identity) = self.awaiting.take() else {
+            return;
+        };
         self.now = now;
-        let head = self.local_record().queue.ok().and_then(|q| q.head().map(|h| h.callback_id.clone()));
+        let head = self
+            .local_record()
+            .queue
+            .ok()
+            .and_then(|q| q.head().map(|h| h.callback_id.clone()));
         let id = head.unwrap_or_default();
         let result = match outcome {
             CallbackOutcome::Returned(value) => OperationResult::from_returned(value.as_deref()),
@@ -411,7 +440,10 @@ impl Manager {
                 OperationResult::RetryRelease
             }
             CallbackOutcome::Missing => {
-                self.log(LogLevel::Error, format!("Callback {id:?} is not registered; dropping the operation."));
+                self.log(
+                    LogLevel::Error,
+                    format!("Callback {id:?} is not registered; dropping the operation."),
+                );
                 OperationResult::Release
             }
         };
@@ -425,7 +457,10 @@ impl Manager {
     /// `state` (spec/peer.md §1.4, with `granted` only until the holder has run, §8 W16).
     pub fn state(&self) -> Result<State, Error> {
         let Some(_) = &self.peer else {
-            return Ok(State { status: Status::NotReady, processing_backend: Backend::Peer });
+            return Ok(State {
+                status: Status::NotReady,
+                processing_backend: Backend::Peer,
+            });
         };
         let local = self.local_record();
         let processing_backend = local.backend.clone().unwrap_or(Backend::Peer);
@@ -438,12 +473,17 @@ impl Manager {
                 Ok(_) => Status::Waiting,
             }
         };
-        Ok(State { status, processing_backend })
+        Ok(State {
+            status,
+            processing_backend,
+        })
     }
 
     /// `is_waiting` / `is_waiting_callback`.
     pub fn is_waiting(&self, unit: Option<&str>, callback_id: Option<&str>) -> Result<bool, Error> {
-        let Some(peer) = &self.peer else { return Ok(false) };
+        let Some(peer) = &self.peer else {
+            return Ok(false);
+        };
         let record = match unit {
             None => self.local_record(),
             Some(name) if name == self.unit => self.local_record(),
@@ -459,7 +499,9 @@ impl Manager {
                 ));
             }
         };
-        let queue = record.queue.map_err(|e| queue_decoding_error(&record.name, &e.0))?;
+        let queue = record
+            .queue
+            .map_err(|e| queue_decoding_error(&record.name, &e.0))?;
         Ok(match callback_id {
             None => !queue.is_empty(),
             Some(id) => queue.ops().iter().any(|op| op.callback_id == id),
@@ -469,14 +511,18 @@ impl Manager {
     /// A JSON view of the lock and every known unit's queue, for people and scripts.
     pub fn describe(&self) -> String {
         let Some(peer) = &self.peer else {
-            return json!({"unit": self.unit, "leader": self.leader, "relation": false}).to_string();
+            return json!({"unit": self.unit, "leader": self.leader, "relation": false})
+                .to_string();
         };
         let lock = LockState::decode(&peer.app);
         let local = self.local_record();
         let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
         units.push(&local);
         units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
-        let units: Vec<Value> = units.into_iter().map(|u| describe_unit(u, self.now)).collect();
+        let units: Vec<Value> = units
+            .into_iter()
+            .map(|u| describe_unit(u, self.now))
+            .collect();
         json!({
             "unit": self.unit,
             "leader": self.leader,
@@ -518,7 +564,9 @@ impl Manager {
             if self.leader {
                 self.schedule();
             }
-            let Some(grant) = self.should_run() else { return };
+            let Some(grant) = self.should_run() else {
+                return;
+            };
             if !inline || self.callback_ran {
                 self.wake_up();
                 return;
@@ -534,9 +582,15 @@ impl Manager {
     /// version) hands its queue back to the peer scheduler instead of stranding it.
     fn fall_back_from_etcd(&mut self) {
         if !self.local_record().peer_managed() {
-            self.log(LogLevel::Warning, "Unit was etcd-managed; falling back to the peer relation.".into());
+            self.log(
+                LogLevel::Warning,
+                "Unit was etcd-managed; falling back to the peer relation.".into(),
+            );
             self.set_local(vec![
-                (wire::PROCESSING_BACKEND.into(), Backend::Peer.as_str().into()),
+                (
+                    wire::PROCESSING_BACKEND.into(),
+                    Backend::Peer.as_str().into(),
+                ),
                 (wire::ETCD_CLEANUP_NEEDED.into(), "true".into()),
             ]);
         }
@@ -555,7 +609,14 @@ impl Manager {
             match release_reason(holder.as_ref(), grant) {
                 None => return,
                 Some(reason) => {
-                    self.log(LogLevel::Info, format!("Releasing the lock held by {}: {}.", grant.unit, reason.describe()));
+                    self.log(
+                        LogLevel::Info,
+                        format!(
+                            "Releasing the lock held by {}: {}.",
+                            grant.unit,
+                            reason.describe()
+                        ),
+                    );
                     self.set_app(wire::release_pairs(seq));
                 }
             }
@@ -567,13 +628,20 @@ impl Manager {
         units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
         let skipped: Vec<String> = units
             .iter()
-            .filter_map(|u| u.schedulable().err().map(|e| format!("{} ({})", u.name, e.0)))
+            .filter_map(|u| {
+                u.schedulable()
+                    .err()
+                    .map(|e| format!("{} ({})", u.name, e.0))
+            })
             .collect();
         let next = next_grant(units.iter().copied()).map(|u| u.name.clone());
         if !skipped.is_empty() {
             self.log(
                 LogLevel::Error,
-                format!("Skipping units whose rollingops data cannot be decoded: {}.", skipped.join(", ")),
+                format!(
+                    "Skipping units whose rollingops data cannot be decoded: {}.",
+                    skipped.join(", ")
+                ),
             );
         }
         if let Some(unit) = next {
@@ -642,18 +710,37 @@ impl Manager {
             self.write_turn(&queue, Intent::Idle, &identity);
             return Execution::Recorded;
         };
-        if !self.config.callback_ids.iter().any(|id| *id == head.callback_id) {
+        if !self
+            .config
+            .callback_ids
+            .iter()
+            .any(|id| *id == head.callback_id)
+        {
             self.log(
                 LogLevel::Error,
-                format!("Unknown callback_id {:?}: dropping the operation.", head.callback_id),
+                format!(
+                    "Unknown callback_id {:?}: dropping the operation.",
+                    head.callback_id
+                ),
             );
             let mut queue = queue;
             queue.drop_head();
-            let intent = if queue.is_empty() { Intent::Idle } else { Intent::Request };
+            let intent = if queue.is_empty() {
+                Intent::Idle
+            } else {
+                Intent::Request
+            };
             self.write_turn(&queue, intent, &identity);
             return Execution::Recorded;
         }
-        self.log(LogLevel::Info, format!("Running {:?} under the lock (attempt {}).", head.callback_id, head.attempt + 1));
+        self.log(
+            LogLevel::Info,
+            format!(
+                "Running {:?} under the lock (attempt {}).",
+                head.callback_id,
+                head.attempt + 1
+            ),
+        );
         self.commands.push_back(Command::RunCallback {
             id: head.callback_id.clone(),
             kwargs_json: kwargs_json(&head.kwargs),
@@ -664,20 +751,35 @@ impl Manager {
     }
 
     fn record(&mut self, result: OperationResult, identity: &str) {
-        let Ok(mut queue) = self.local_record().queue else { return };
-        let id = queue.head().map(|h| h.callback_id.clone()).unwrap_or_default();
+        let Ok(mut queue) = self.local_record().queue else {
+            return;
+        };
+        let id = queue
+            .head()
+            .map(|h| h.callback_id.clone())
+            .unwrap_or_default();
         let intent = match queue.record(result) {
             Some(Recorded::Retained(OperationResult::RetryHold)) => Intent::RetryHold,
             Some(Recorded::Retained(_)) => Intent::RetryRelease,
             Some(Recorded::Removed { exhausted }) => {
                 if exhausted {
-                    self.log(LogLevel::Warning, format!("{id:?} reached its max_retry; dropping it."));
+                    self.log(
+                        LogLevel::Warning,
+                        format!("{id:?} reached its max_retry; dropping it."),
+                    );
                 }
-                if queue.is_empty() { Intent::Idle } else { Intent::Request }
+                if queue.is_empty() {
+                    Intent::Idle
+                } else {
+                    Intent::Request
+                }
             }
             None => Intent::Idle,
         };
-        self.log(LogLevel::Info, format!("{id:?} finished with {}.", result.as_str()));
+        self.log(
+            LogLevel::Info,
+            format!("{id:?} finished with {}.", result.as_str()),
+        );
         self.write_turn(&queue, intent, identity);
     }
 
@@ -693,7 +795,9 @@ impl Manager {
     fn wake_up(&mut self) {
         if !self.dispatched {
             self.dispatched = true;
-            self.commands.push_back(Command::Dispatch { event: LOCK_GRANTED_HOOK.into() });
+            self.commands.push_back(Command::Dispatch {
+                event: LOCK_GRANTED_HOOK.into(),
+            });
         }
     }
 
@@ -717,7 +821,9 @@ impl Manager {
 
     /// Apply writes to the in-memory bag and emit only those that change something.
     fn set_bag(&mut self, app: bool, pairs: Vec<(String, String)>) {
-        let Some(peer) = self.peer.as_mut() else { return };
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
         let bag = if app { &mut peer.app } else { &mut peer.local };
         let mut changed = Vec::new();
         for (key, value) in pairs {
@@ -733,7 +839,11 @@ impl Manager {
             changed.push((key, value));
         }
         if !changed.is_empty() {
-            self.commands.push_back(Command::SetBag { relation_id: peer.relation_id, app, pairs: changed });
+            self.commands.push_back(Command::SetBag {
+                relation_id: peer.relation_id,
+                app,
+                pairs: changed,
+            });
         }
     }
 
@@ -742,7 +852,10 @@ impl Manager {
     }
 
     fn no_relation(&self) -> Error {
-        Error::NoRelation(format!("No {} peer relation yet.", self.config.peer_relation_name))
+        Error::NoRelation(format!(
+            "No {} peer relation yet.",
+            self.config.peer_relation_name
+        ))
     }
 }
 
@@ -750,12 +863,12 @@ impl Manager {
 /// as timeouts, §8 W14).
 pub fn sync_acquire_error(backend_id: &str, error: SyncBackendError) -> Error {
     match error {
-        SyncBackendError::TimedOut => {
-            Error::Timeout(format!("Timed out acquiring sync lock backend {backend_id}"))
-        }
-        SyncBackendError::Failed(description) => {
-            Error::SyncLock(format!("Failed to acquire sync lock backend {backend_id}: {description}"))
-        }
+        SyncBackendError::TimedOut => Error::Timeout(format!(
+            "Timed out acquiring sync lock backend {backend_id}"
+        )),
+        SyncBackendError::Failed(description) => Error::SyncLock(format!(
+            "Failed to acquire sync lock backend {backend_id}: {description}"
+        )),
         SyncBackendError::Missing => unknown_sync_backend(backend_id),
     }
 }
@@ -764,12 +877,12 @@ pub fn sync_acquire_error(backend_id: &str, error: SyncBackendError) -> Error {
 pub fn sync_release_error(backend_id: &str, error: SyncBackendError) -> Error {
     match error {
         SyncBackendError::Missing => unknown_sync_backend(backend_id),
-        SyncBackendError::TimedOut => {
-            Error::SyncLock(format!("Failed to release sync lock backend {backend_id}: timed out"))
-        }
-        SyncBackendError::Failed(description) => {
-            Error::SyncLock(format!("Failed to release sync lock backend {backend_id}: {description}"))
-        }
+        SyncBackendError::TimedOut => Error::SyncLock(format!(
+            "Failed to release sync lock backend {backend_id}: timed out"
+        )),
+        SyncBackendError::Failed(description) => Error::SyncLock(format!(
+            "Failed to release sync lock backend {backend_id}: {description}"
+        )),
     }
 }
 
@@ -778,7 +891,9 @@ fn unknown_sync_backend(backend_id: &str) -> Error {
 }
 
 fn queue_decoding_error(unit: &str, why: &str) -> Error {
-    Error::Decoding(format!("Failed to deserialize data to create an OperationQueue (unit {unit}): {why}"))
+    Error::Decoding(format!(
+        "Failed to deserialize data to create an OperationQueue (unit {unit}): {why}"
+    ))
 }
 
 fn json_kind(value: &Value) -> &'static str {

@@ -170,7 +170,14 @@ impl Operation {
             Some(Value::Object(map)) => map.clone(),
             Some(_) => return Err(DecodeError("kwargs is not a JSON object".into())),
         };
-        Ok(Operation { callback_id, requested_at, max_retry, attempt, result, kwargs })
+        Ok(Operation {
+            callback_id,
+            requested_at,
+            max_retry,
+            attempt,
+            result,
+            kwargs,
+        })
     }
 
     /// Decode one operation from JSON text.
@@ -184,9 +191,12 @@ impl Operation {
 /// Integers ≥ 0, also as numeric strings (`"5"`) or integral floats, as pydantic accepts.
 fn non_negative(value: &Value, field: &str) -> Result<u64, DecodeError> {
     let parsed = match value {
-        Value::Number(number) => number
-            .as_u64()
-            .or_else(|| number.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)),
+        Value::Number(number) => number.as_u64().or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
         Value::String(text) => text.trim().parse::<u64>().ok(),
         _ => None,
     };
@@ -239,13 +249,26 @@ mod tests {
 
     #[test]
     fn s7_1_rows2_to_4_serialise_byte_exact() {
-        let op = Operation::new("cb", kwargs(json!({"b":2,"a":1})), None, at(1_771_848_000_123_456));
+        let op = Operation::new(
+            "cb",
+            kwargs(json!({"b":2,"a":1})),
+            None,
+            at(1_771_848_000_123_456),
+        );
         assert_eq!(
             op.to_json(),
             r#"{"callback_id":"cb","requested_at":"1771848000.123456","max_retry":null,"attempt":0,"result":null,"kwargs":{"a":1,"b":2}}"#
         );
-        let op = Operation::new("cb", kwargs(json!({"b":2,"a":1})), Some(0), at(1_771_819_200_123_456));
-        assert!(op.to_json().contains(r#""requested_at":"1771819200.123456","max_retry":0"#));
+        let op = Operation::new(
+            "cb",
+            kwargs(json!({"b":2,"a":1})),
+            Some(0),
+            at(1_771_819_200_123_456),
+        );
+        assert!(
+            op.to_json()
+                .contains(r#""requested_at":"1771819200.123456","max_retry":0"#)
+        );
     }
 
     #[test]
@@ -265,8 +288,18 @@ mod tests {
 
     #[test]
     fn nested_order_kept_and_unicode_raw() {
-        let op = Operation::new("cb", kwargs(json!({"b":{"z":1,"a":2},"a":"é"})), None, at(0));
-        assert!(op.to_json().ends_with(r#""kwargs":{"a":"é","b":{"z":1,"a":2}}}"#), "{}", op.to_json());
+        let op = Operation::new(
+            "cb",
+            kwargs(json!({"b":{"z":1,"a":2},"a":"é"})),
+            None,
+            at(0),
+        );
+        assert!(
+            op.to_json()
+                .ends_with(r#""kwargs":{"a":"é","b":{"z":1,"a":2}}}"#),
+            "{}",
+            op.to_json()
+        );
     }
 
     #[test]
@@ -305,7 +338,12 @@ mod tests {
 
     #[test]
     fn s7_1_rows8_to_11_decoding_rules() {
-        let op = Operation::new("cb", kwargs(json!({"k":[1,2]})), Some(5), at(1_777_636_800_100_000));
+        let op = Operation::new(
+            "cb",
+            kwargs(json!({"k":[1,2]})),
+            Some(5),
+            at(1_777_636_800_100_000),
+        );
         assert_eq!(Operation::from_json(&op.to_json()).unwrap(), op);
         let op = Operation::from_json(
             r#"{"callback_id":"cb","requested_at":"1773311445.123456","max_retry":"5","attempt":"2","extra":1}"#,
@@ -314,11 +352,13 @@ mod tests {
         assert_eq!((op.max_retry, op.attempt), (Some(5), 2));
         assert_eq!(op.requested_at.micros(), 1_773_311_445_123_456);
         assert!(op.kwargs.is_empty());
-        let op = Operation::from_json(r#"{"callback_id":"cb","requested_at":1773311445.5}"#).unwrap();
-        assert_eq!((op.max_retry, op.attempt, op.result), (None, 0, None));
         let op =
-            Operation::from_json(r#"{"callback_id":"cb","requested_at":"1","kwargs":{},"max_retry":"0"}"#)
-                .unwrap();
+            Operation::from_json(r#"{"callback_id":"cb","requested_at":1773311445.5}"#).unwrap();
+        assert_eq!((op.max_retry, op.attempt, op.result), (None, 0, None));
+        let op = Operation::from_json(
+            r#"{"callback_id":"cb","requested_at":"1","kwargs":{},"max_retry":"0"}"#,
+        )
+        .unwrap();
         assert_eq!(op.max_retry, Some(0));
     }
 
@@ -343,8 +383,14 @@ mod tests {
     #[test]
     fn outcome_mapping_matches_string_enum_semantics() {
         use OperationResult::*;
-        assert_eq!(OperationResult::from_returned(Some("retry-hold")), RetryHold);
-        assert_eq!(OperationResult::from_returned(Some("retry-release")), RetryRelease);
+        assert_eq!(
+            OperationResult::from_returned(Some("retry-hold")),
+            RetryHold
+        );
+        assert_eq!(
+            OperationResult::from_returned(Some("retry-release")),
+            RetryRelease
+        );
         assert_eq!(OperationResult::from_returned(Some("release")), Release);
         assert_eq!(OperationResult::from_returned(Some("bogus")), Release);
         assert_eq!(OperationResult::from_returned(None), Release);

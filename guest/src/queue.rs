@@ -51,7 +51,10 @@ impl OperationQueue {
         let items = value
             .as_array()
             .ok_or_else(|| DecodeError("operations is not a JSON array".into()))?;
-        let ops = items.iter().map(Operation::from_value).collect::<Result<_, _>>()?;
+        let ops = items
+            .iter()
+            .map(Operation::from_value)
+            .collect::<Result<_, _>>()?;
         Ok(OperationQueue { ops })
     }
 
@@ -127,7 +130,11 @@ impl OperationQueue {
 
     /// Drop the head unconditionally (unknown callback id).
     pub fn drop_head(&mut self) -> Option<Operation> {
-        if self.ops.is_empty() { None } else { Some(self.ops.remove(0)) }
+        if self.ops.is_empty() {
+            None
+        } else {
+            Some(self.ops.remove(0))
+        }
     }
 }
 
@@ -138,7 +145,12 @@ mod tests {
     use serde_json::{Map, json};
 
     fn op(id: &str, kwargs: Value, micros: i64) -> Operation {
-        Operation::new(id, kwargs.as_object().unwrap().clone(), None, Timestamp::from_micros(micros))
+        Operation::new(
+            id,
+            kwargs.as_object().unwrap().clone(),
+            None,
+            Timestamp::from_micros(micros),
+        )
     }
 
     #[test]
@@ -146,7 +158,10 @@ mod tests {
         let queue = OperationQueue::decode(None).unwrap();
         assert!(queue.is_empty() && queue.head().is_none());
         assert_eq!(queue.encode(), "[]");
-        assert_eq!(OperationQueue::decode(Some("")).unwrap(), OperationQueue::default());
+        assert_eq!(
+            OperationQueue::decode(Some("")).unwrap(),
+            OperationQueue::default()
+        );
     }
 
     #[test]
@@ -163,8 +178,14 @@ mod tests {
     #[test]
     fn s7_1_row23_dedup_only_against_tail() {
         let mut queue = OperationQueue::default();
-        assert_eq!(queue.enqueue(op("A", json!({"x":2}), 1), false), Enqueued::Appended);
-        assert_eq!(queue.enqueue(op("A", json!({"x":2}), 2), false), Enqueued::Duplicate);
+        assert_eq!(
+            queue.enqueue(op("A", json!({"x":2}), 1), false),
+            Enqueued::Appended
+        );
+        assert_eq!(
+            queue.enqueue(op("A", json!({"x":2}), 2), false),
+            Enqueued::Duplicate
+        );
         assert_eq!(queue.len(), 1);
         queue.enqueue(op("A", json!({"x":4}), 3), false);
         assert_eq!(queue.len(), 2);
@@ -177,9 +198,15 @@ mod tests {
         let mut queue = OperationQueue::default();
         queue.enqueue(op("A", json!({}), 1), false);
         queue.record(OperationResult::RetryRelease);
-        assert_eq!(queue.enqueue(op("A", json!({}), 2), true), Enqueued::Appended);
+        assert_eq!(
+            queue.enqueue(op("A", json!({}), 2), true),
+            Enqueued::Appended
+        );
         assert_eq!(queue.len(), 2);
-        assert_eq!(queue.enqueue(op("A", json!({}), 3), true), Enqueued::Duplicate);
+        assert_eq!(
+            queue.enqueue(op("A", json!({}), 3), true),
+            Enqueued::Duplicate
+        );
     }
 
     #[test]
@@ -197,7 +224,12 @@ mod tests {
 
     #[test]
     fn s7_1_row26_rejects_non_arrays() {
-        for bad in [r#"{"not":"a list"}"#, "{invalid", "null", r#"[{"callback_id":"x"}]"#] {
+        for bad in [
+            r#"{"not":"a list"}"#,
+            "{invalid",
+            "null",
+            r#"[{"callback_id":"x"}]"#,
+        ] {
             assert!(OperationQueue::decode(Some(bad)).is_err(), "{bad}");
         }
     }
@@ -208,17 +240,29 @@ mod tests {
         let mut held = op("h", json!({}), 1);
         held.max_retry = Some(1);
         queue.enqueue(held, false);
-        assert_eq!(queue.record(OperationResult::RetryHold), Some(Recorded::Retained(OperationResult::RetryHold)));
+        assert_eq!(
+            queue.record(OperationResult::RetryHold),
+            Some(Recorded::Retained(OperationResult::RetryHold))
+        );
         assert_eq!(queue.head().unwrap().attempt, 1);
-        assert_eq!(queue.record(OperationResult::RetryHold), Some(Recorded::Removed { exhausted: true }));
+        assert_eq!(
+            queue.record(OperationResult::RetryHold),
+            Some(Recorded::Removed { exhausted: true })
+        );
         assert!(queue.is_empty());
         assert_eq!(queue.record(OperationResult::Release), None);
         let mut once = op("o", json!({}), 1);
         once.max_retry = Some(0);
         queue.enqueue(once, false);
-        assert_eq!(queue.record(OperationResult::RetryRelease), Some(Recorded::Removed { exhausted: true }));
+        assert_eq!(
+            queue.record(OperationResult::RetryRelease),
+            Some(Recorded::Removed { exhausted: true })
+        );
         queue.enqueue(op("r", json!({}), 1), false);
-        assert_eq!(queue.record(OperationResult::Release), Some(Recorded::Removed { exhausted: false }));
+        assert_eq!(
+            queue.record(OperationResult::Release),
+            Some(Recorded::Removed { exhausted: false })
+        );
         let _ = Map::<String, Value>::new();
     }
 }

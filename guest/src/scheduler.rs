@@ -62,13 +62,18 @@ pub fn next_grant<'a>(units: impl IntoIterator<Item = &'a UnitRecord>) -> Option
     let mut request: Option<(&UnitRecord, i64)> = None;
     let mut retry: Option<(&UnitRecord, i64)> = None;
     for unit in units.into_iter().filter(|unit| unit.peer_managed()) {
-        let Ok((queue, intent)) = unit.schedulable() else { continue };
+        let Ok((queue, intent)) = unit.schedulable() else {
+            continue;
+        };
         match intent {
             Intent::RetryHold => {
                 hold.get_or_insert(unit);
             }
             Intent::Request => {
-                let head = queue.head().map(|op| op.requested_at.micros()).unwrap_or(i64::MAX);
+                let head = queue
+                    .head()
+                    .map(|op| op.requested_at.micros())
+                    .unwrap_or(i64::MAX);
                 if request.is_none_or(|(_, best)| head < best) {
                     request = Some((unit, head));
                 }
@@ -82,7 +87,8 @@ pub fn next_grant<'a>(units: impl IntoIterator<Item = &'a UnitRecord>) -> Option
             Intent::Idle => {}
         }
     }
-    hold.or(request.map(|(unit, _)| unit)).or(retry.map(|(unit, _)| unit))
+    hold.or(request.map(|(unit, _)| unit))
+        .or(retry.map(|(unit, _)| unit))
 }
 
 #[cfg(test)]
@@ -90,11 +96,19 @@ mod tests {
     use super::*;
     use crate::wire::*;
 
-    fn unit(name: &str, state: &str, head_at: Option<&str>, executed_at: Option<&str>) -> UnitRecord {
+    fn unit(
+        name: &str,
+        state: &str,
+        head_at: Option<&str>,
+        executed_at: Option<&str>,
+    ) -> UnitRecord {
         let mut bag = Bag::new();
         bag.insert(STATE.into(), state.into());
         if let Some(at) = head_at {
-            bag.insert(OPERATIONS.into(), format!(r#"[{{"callback_id":"r","requested_at":"{at}"}}]"#));
+            bag.insert(
+                OPERATIONS.into(),
+                format!(r#"[{{"callback_id":"r","requested_at":"{at}"}}]"#),
+            );
         }
         if let Some(at) = executed_at {
             bag.insert(EXECUTED_AT.into(), at.into());
@@ -118,7 +132,10 @@ mod tests {
 
     #[test]
     fn s7_2_row41_oldest_head_request() {
-        let units = [unit("c/1", "request", Some("20"), None), unit("c/2", "request", Some("10"), None)];
+        let units = [
+            unit("c/1", "request", Some("20"), None),
+            unit("c/2", "request", Some("10"), None),
+        ];
         assert_eq!(pick(&units), Some("c/2"));
     }
 
@@ -133,7 +150,10 @@ mod tests {
 
     #[test]
     fn s7_2_row43_request_beats_retry_release() {
-        let units = [unit("c/1", "retry-release", Some("1"), Some("1")), unit("c/2", "request", Some("9"), None)];
+        let units = [
+            unit("c/1", "retry-release", Some("1"), Some("1")),
+            unit("c/2", "request", Some("9"), None),
+        ];
         assert_eq!(pick(&units), Some("c/2"));
     }
 
@@ -146,7 +166,10 @@ mod tests {
     #[test]
     fn s7_5_row72_fixed_empty_request_does_not_block_retry_release() {
         // Reference: nobody is granted. Fixed (§8 W12): the empty request counts as idle.
-        let units = [unit("c/1", "request", None, None), unit("c/2", "retry-release", Some("1"), Some("1"))];
+        let units = [
+            unit("c/1", "request", None, None),
+            unit("c/2", "retry-release", Some("1"), Some("1")),
+        ];
         assert_eq!(pick(&units), Some("c/2"));
     }
 
@@ -161,14 +184,25 @@ mod tests {
 
     #[test]
     fn ties_go_to_lowest_unit_number() {
-        let units = [unit("c/1", "retry-hold", Some("1"), None), unit("c/2", "retry-hold", Some("1"), None)];
+        let units = [
+            unit("c/1", "retry-hold", Some("1"), None),
+            unit("c/2", "retry-hold", Some("1"), None),
+        ];
         assert_eq!(pick(&units), Some("c/1"));
-        let units = [unit("c/1", "request", Some("7"), None), unit("c/2", "request", Some("7"), None)];
+        let units = [
+            unit("c/1", "request", Some("7"), None),
+            unit("c/2", "request", Some("7"), None),
+        ];
         assert_eq!(pick(&units), Some("c/1"));
     }
 
     fn grant(seq: Option<u64>, at: &str) -> Grant {
-        Grant { unit: "c/1".into(), at_raw: at.into(), at: crate::timestamp::Timestamp::parse(at), seq }
+        Grant {
+            unit: "c/1".into(),
+            at_raw: at.into(),
+            at: crate::timestamp::Timestamp::parse(at),
+            seq,
+        }
     }
 
     #[test]
@@ -179,21 +213,33 @@ mod tests {
         holder.executed_grant = Some("3@90.0".into());
         assert_eq!(release_reason(Some(&holder), &g), None);
         holder.executed_grant = Some(g.identity());
-        assert_eq!(release_reason(Some(&holder), &g), Some(ReleaseReason::Executed));
+        assert_eq!(
+            release_reason(Some(&holder), &g),
+            Some(ReleaseReason::Executed)
+        );
     }
 
     #[test]
     fn old_holders_use_reference_rules() {
         let g = grant(None, "100.0");
         let done = unit("c/1", "request", Some("1"), Some("101.0"));
-        assert_eq!(release_reason(Some(&done), &g), Some(ReleaseReason::ExecutedByReferenceRule));
+        assert_eq!(
+            release_reason(Some(&done), &g),
+            Some(ReleaseReason::ExecutedByReferenceRule)
+        );
         let idle = unit("c/1", "idle", None, Some("50.0"));
-        assert_eq!(release_reason(Some(&idle), &g), Some(ReleaseReason::ExecutedByReferenceRule));
+        assert_eq!(
+            release_reason(Some(&idle), &g),
+            Some(ReleaseReason::ExecutedByReferenceRule)
+        );
         let running = unit("c/1", "request", Some("1"), Some("99.0"));
         assert_eq!(release_reason(Some(&running), &g), None);
         assert_eq!(release_reason(None, &g), Some(ReleaseReason::Vanished));
         let mut etcd = running.clone();
         etcd.backend = Ok(Backend::Etcd);
-        assert_eq!(release_reason(Some(&etcd), &g), Some(ReleaseReason::EtcdManaged));
+        assert_eq!(
+            release_reason(Some(&etcd), &g),
+            Some(ReleaseReason::EtcdManaged)
+        );
     }
 }

@@ -85,10 +85,16 @@ mod tests {
 
     #[test]
     fn parses_and_rounds_to_micros() {
-        assert_eq!(Timestamp::parse("1773311445.123456").unwrap().micros(), 1_773_311_445_123_456);
+        assert_eq!(
+            Timestamp::parse("1773311445.123456").unwrap().micros(),
+            1_773_311_445_123_456
+        );
         assert_eq!(Timestamp::parse(" 1777636800 ").unwrap().micros(), T);
         assert_eq!(Timestamp::parse("1.7776368e9").unwrap().micros(), T);
-        assert_eq!(Timestamp::from_seconds(1777636800.1).unwrap().micros(), T + 100_000);
+        assert_eq!(
+            Timestamp::from_seconds(1777636800.1).unwrap().micros(),
+            T + 100_000
+        );
         for bad in ["", "bad-ts", "nan", "inf", "1e400"] {
             assert_eq!(Timestamp::parse(bad), None, "{bad:?}");
         }

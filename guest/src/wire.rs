@@ -104,7 +104,9 @@ impl Backend {
         match text.unwrap_or("") {
             "" | "peer" => Ok(Backend::Peer),
             "etcd" => Ok(Backend::Etcd),
-            other => Err(DecodeError(format!("{other:?} is not a valid processing backend"))),
+            other => Err(DecodeError(format!(
+                "{other:?} is not a valid processing backend"
+            ))),
         }
     }
 }
@@ -136,7 +138,9 @@ impl UnitRecord {
             queue: OperationQueue::decode(get(OPERATIONS)),
             intent: Intent::parse(get(STATE)),
             executed_at: get(EXECUTED_AT).and_then(Timestamp::parse),
-            executed_grant: get(EXECUTED_GRANT).filter(|v| !v.is_empty()).map(str::to_string),
+            executed_grant: get(EXECUTED_GRANT)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
             backend: Backend::parse(get(PROCESSING_BACKEND)),
         }
     }
@@ -197,20 +201,25 @@ pub struct LockState {
 impl LockState {
     /// Decode the app bag.
     pub fn decode(app: &Bag) -> Self {
-        let record: Option<Value> = app.get(GRANT).and_then(|text| serde_json::from_str(text).ok());
+        let record: Option<Value> = app
+            .get(GRANT)
+            .and_then(|text| serde_json::from_str(text).ok());
         let field = |name: &str| record.as_ref().and_then(|r| r.get(name));
         let last_seq = field("seq").and_then(Value::as_u64).unwrap_or(0);
-        let grant = app.get(GRANTED_UNIT).filter(|unit| !unit.is_empty()).map(|unit| {
-            let at_raw = app.get(GRANTED_AT).cloned().unwrap_or_default();
-            let ours = field("unit").and_then(Value::as_str) == Some(unit.as_str())
-                && field("at").and_then(Value::as_str) == Some(at_raw.as_str());
-            Grant {
-                unit: unit.clone(),
-                at: Timestamp::parse(&at_raw),
-                at_raw,
-                seq: ours.then_some(last_seq),
-            }
-        });
+        let grant = app
+            .get(GRANTED_UNIT)
+            .filter(|unit| !unit.is_empty())
+            .map(|unit| {
+                let at_raw = app.get(GRANTED_AT).cloned().unwrap_or_default();
+                let ours = field("unit").and_then(Value::as_str) == Some(unit.as_str())
+                    && field("at").and_then(Value::as_str) == Some(at_raw.as_str());
+                Grant {
+                    unit: unit.clone(),
+                    at: Timestamp::parse(&at_raw),
+                    at_raw,
+                    seq: ours.then_some(last_seq),
+                }
+            });
         LockState { grant, last_seq }
     }
 }
@@ -248,7 +257,10 @@ mod tests {
     use super::*;
 
     fn bag(pairs: &[(&str, &str)]) -> Bag {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -266,7 +278,8 @@ mod tests {
         let op = r#"[{"callback_id":"r","requested_at":"1"}]"#;
         let idle_with_work = UnitRecord::decode("a/1", &bag(&[(OPERATIONS, op), (STATE, "idle")]));
         assert_eq!(idle_with_work.schedulable().unwrap().1, Intent::Request);
-        let request_without_work = UnitRecord::decode("a/1", &bag(&[(OPERATIONS, "[]"), (STATE, "request")]));
+        let request_without_work =
+            UnitRecord::decode("a/1", &bag(&[(OPERATIONS, "[]"), (STATE, "request")]));
         assert_eq!(request_without_work.schedulable().unwrap().1, Intent::Idle);
         let broken = UnitRecord::decode("a/1", &bag(&[(OPERATIONS, "{oops"), (STATE, "request")]));
         assert!(broken.schedulable().is_err());
@@ -289,7 +302,13 @@ mod tests {
         assert_eq!(old.grant.as_ref().unwrap().identity(), "@1777636900.0");
         assert_eq!(old.last_seq, 7);
         let free = LockState::decode(&bag(&[(GRANT, r#"{"seq":9}"#)]));
-        assert_eq!(free, LockState { grant: None, last_seq: 9 });
+        assert_eq!(
+            free,
+            LockState {
+                grant: None,
+                last_seq: 9
+            }
+        );
     }
 
     #[test]

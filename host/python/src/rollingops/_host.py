@@ -1,0 +1,431 @@
+"""The component's imports, carried out with ``ops`` model calls.
+
+Every method here is one WIT import (``wit/rollingops.wit``). The host decides nothing: it
+performs the effect and reports the outcome verbatim, as the WIT value the component expects.
+wasmtime-py maps WIT values to Python as follows, and the return values below follow it:
+
+* ``result<T, error>`` is untagged: ``T`` itself on success, a ``Variant(case, message)`` on
+  failure (the ``error`` variant is tagged because all its cases carry a string);
+* ``option<T>`` is ``None`` or ``T``; ``bag-owner`` is ``None`` (app) or the unit name;
+* records are ``Record`` objects with the WIT field names (``timed-out``) as attributes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import ops
+from wasmtime.component import Record, Variant
+
+from ._errors import RollingOpsFileSystemError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ._models import SyncLockBackend
+
+logger = logging.getLogger('rollingops')
+
+_LEVELS = {
+    'debug': logging.DEBUG,
+    'info': logging.INFO,
+    'warning': logging.WARNING,
+    'error': logging.ERROR,
+}
+
+# Hook names the library dispatches; anything else is refused (the name ends up in a shell
+# command line run by juju-exec).
+_HOOK_NAME = re.compile(r'^[a-z][a-z0-9_-]{0,63}$')
+
+DISPATCH_LOG = 'rollingops_dispatch.log'
+"""File under ``base_dir`` that receives the output of dispatched ``juju-exec`` runs."""
+
+_JUJU_EXEC_FALLBACKS = ('/usr/bin/juju-exec', '/charm/bin/juju-exec')
+
+
+def _err(case: str, message: str) -> Variant:
+    return Variant(case, message)
+
+
+def find_juju_exec() -> str | None:
+    """Locate ``juju-exec``: on ``PATH``, else where machine and Kubernetes agents install it."""
+    found = shutil.which('juju-exec')
+    if found:
+        return found
+    for candidate in _JUJU_EXEC_FALLBACKS:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def spawn_dispatch(unit_name: str, charm_dir: str, event_name: str, base_dir: str) -> None:
+    """Start ``juju-exec`` detached so that it runs hook ``event_name`` after this hook.
+
+    ``juju-exec`` waits for the unit's hook lock, so the new hook starts once the current one
+    has finished; this function returns at once and never sleeps. The child gets a new session,
+    no standard input, its output appended to ``<base_dir>/rollingops_dispatch.log`` (or
+    discarded when base_dir is not writable), and the hook's environment without
+    ``JUJU_CONTEXT_ID``.
+
+    Raises:
+        FileNotFoundError: ``juju-exec`` is not installed.
+        OSError: the process could not be started.
+    """
+    juju_exec = find_juju_exec()
+    if juju_exec is None:
+        raise FileNotFoundError('juju-exec not found on PATH, in /usr/bin or in /charm/bin')
+    command = f'JUJU_DISPATCH_PATH=hooks/{event_name} {charm_dir}/dispatch'
+    env = {k: v for k, v in os.environ.items() if k != 'JUJU_CONTEXT_ID'}
+    output: Any = subprocess.DEVNULL
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+        output = open(os.path.join(base_dir, DISPATCH_LOG), 'ab')  # noqa: SIM115
+    except OSError as e:
+        logger.warning('Cannot open the dispatch log under %s (%s); discarding output.', base_dir, e)
+    try:
+        subprocess.Popen(  # noqa: S603 - fixed program, arguments built above
+            [juju_exec, '-u', unit_name, command],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            env=env,
+            cwd=charm_dir if os.path.isdir(charm_dir) else None,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        if output is not subprocess.DEVNULL:
+            output.close()
+
+
+def _returned_text(value: object) -> str | None:
+    """The string a callback returned (enum members by value), or None for anything else."""
+    if isinstance(value, enum.Enum):
+        inner = value.value
+        return inner if isinstance(inner, str) else None
+    if isinstance(value, str):
+        return str.__str__(value)
+    return None
+
+
+class Host:
+    """One hook's view of the outside world, for one manager.
+
+    Args:
+        charm: The charm owning the manager.
+        callback_targets: Callback id -> callable, kept by reference.
+        sync_lock_targets: Sync-lock backend id -> backend, kept by reference.
+        base_dir: Directory all file access is confined to.
+        endpoints: Relation endpoints the component may ask about.
+    """
+
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        callback_targets: Mapping[str, Callable[..., Any]],
+        sync_lock_targets: Mapping[str, SyncLockBackend],
+        base_dir: str,
+        endpoints: Sequence[str],
+    ):
+        self._charm = charm
+        self._model = charm.model
+        self._callbacks = callback_targets
+        self._sync_backends = sync_lock_targets
+        self.base_dir = base_dir
+        self._endpoints = tuple(endpoints)
+        self._relations: dict[int, ops.Relation] = {}
+        self.pending: BaseException | None = None
+        """A non-``Exception`` throwable raised inside an import; re-raised after the call."""
+        self.backend_error: BaseException | None = None
+        """The last exception a sync-lock backend raised, to chain the library's error to it."""
+
+    # -- juju ------------------------------------------------------------------------------
+
+    def unit_name(self) -> str:
+        return self._model.unit.name
+
+    def model_uuid(self) -> str:
+        return self._model.uuid
+
+    def is_leader(self) -> bool | Variant:
+        try:
+            return self._model.unit.is_leader()
+        except ops.ModelError as e:
+            return _err('host', f'is-leader failed: {e}')
+
+    def relation_ids(self, endpoint: str) -> list[int] | Variant:
+        try:
+            relations = self._model.relations[endpoint]
+        except (KeyError, ops.ModelError) as e:
+            return _err('host', f'relation-ids {endpoint} failed: {e!r}')
+        for relation in relations:
+            self._relations[relation.id] = relation
+        return [relation.id for relation in relations]
+
+    def _relation(self, relation_id: int) -> ops.Relation:
+        relation = self._relations.get(relation_id)
+        if relation is not None:
+            return relation
+        for endpoint in self._endpoints:
+            with contextlib.suppress(KeyError, ops.ModelError):
+                found = self._model.get_relation(endpoint, relation_id)
+                if found is not None:
+                    self._relations[relation_id] = found
+                    return found
+        raise KeyError(f'relation {relation_id} not found')
+
+    def relation_units(self, relation_id: int) -> list[str] | Variant:
+        try:
+            relation = self._relation(relation_id)
+            return sorted(unit.name for unit in relation.units)
+        except (KeyError, ops.ModelError) as e:
+            return _err('host', f'relation-list -r {relation_id} failed: {e}')
+
+    def _entity(self, relation: ops.Relation, owner: str | None) -> ops.Unit | ops.Application:
+        if owner is None:
+            return self._model.app if relation.app is None else relation.app
+        if owner == self._model.unit.name:
+            return self._model.unit
+        for unit in relation.units:
+            if unit.name == owner:
+                return unit
+        raise KeyError(f'unit {owner} is not on relation {relation.id}')
+
+    def relation_get(self, relation_id: int, owner: str | None) -> list[tuple[str, str]] | Variant:
+        try:
+            relation = self._relation(relation_id)
+            bag = relation.data[self._entity(relation, owner)]
+            return [(key, value) for key, value in bag.items()]
+        except (KeyError, ops.ModelError) as e:
+            who = 'app' if owner is None else owner
+            return _err('host', f'relation-get -r {relation_id} ({who}) failed: {e}')
+
+    def relation_set(
+        self, relation_id: int, app: bool, pairs: list[tuple[str, str]]
+    ) -> None | Variant:
+        try:
+            relation = self._relation(relation_id)
+            entity: ops.Unit | ops.Application = self._model.app if app else self._model.unit
+            relation.data[entity].update(dict(pairs))
+        except (KeyError, ops.ModelError) as e:
+            who = 'app' if app else 'unit'
+            return _err('host', f'relation-set -r {relation_id} ({who}) failed: {e}')
+        return None
+
+    def secret_get(self, label_or_id: str) -> list[tuple[str, str]] | None:
+        # `result<option<…>, error>` cannot carry its error case through wasmtime-py (the
+        # untagged `ok` side matches every Python value), so a failure raises: it traps the
+        # call and the exception reaches the charm.
+        try:
+            if label_or_id.startswith('secret:'):
+                secret = self._model.get_secret(id=label_or_id)
+            else:
+                secret = self._model.get_secret(label=label_or_id)
+            content = secret.get_content(refresh=True)
+        except ops.SecretNotFoundError:
+            return None
+        return sorted(content.items())
+
+    def secret_add(self, label: str, content: list[tuple[str, str]]) -> str | Variant:
+        try:
+            secret = self._model.app.add_secret(dict(content), label=label)
+        except ops.ModelError as e:
+            return _err('host', f'secret-add {label} failed: {e}')
+        return secret.id or ''
+
+    def log(self, level: str, message: str) -> None:
+        logger.log(_LEVELS.get(level, logging.INFO), '%s', message)
+
+    def dispatch(self, event_name: str) -> None | Variant:
+        if not _HOOK_NAME.match(event_name):
+            return _err('host', f'refusing to dispatch {event_name!r}: not a hook name')
+        try:
+            spawn_dispatch(
+                self._model.unit.name, str(self._charm.charm_dir), event_name, self.base_dir
+            )
+        except OSError as e:
+            return _err('host', f'juju-exec {event_name} could not be started: {e}')
+        logger.debug('Dispatched %s through juju-exec.', event_name)
+        return None
+
+    # -- clock -----------------------------------------------------------------------------
+
+    def now_micros(self) -> int:
+        return time.time_ns() // 1000
+
+    def sleep_ms(self, ms: int) -> None:
+        time.sleep(ms / 1000)
+
+    # -- process ---------------------------------------------------------------------------
+
+    def etcdctl_path(self) -> str:
+        """The only program the component may run."""
+        return os.path.join(str(self._charm.charm_dir), 'usr', 'bin', 'etcdctl')
+
+    def run_etcdctl(
+        self,
+        args: list[str],
+        env: list[tuple[str, str]],
+        stdin: str | None,
+        timeout_ms: int,
+    ) -> Record | Variant:
+        program = self.etcdctl_path()
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            return _err('etcdctl', f'etcdctl is not installed at {program}')
+        output = Record()
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed program
+                [program, *args],
+                input=stdin if stdin is not None else '',
+                capture_output=True,
+                text=True,
+                env=dict(env),
+                timeout=timeout_ms / 1000 if timeout_ms else None,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            setattr(output, 'code', -1)
+            setattr(output, 'stdout', _text(e.stdout))
+            setattr(output, 'stderr', _text(e.stderr))
+            setattr(output, 'timed-out', True)
+            return output
+        except OSError as e:
+            return _err('etcdctl', f'etcdctl could not be started: {e}')
+        setattr(output, 'code', done.returncode if done.returncode >= 0 else -1)
+        setattr(output, 'stdout', done.stdout)
+        setattr(output, 'stderr', done.stderr)
+        setattr(output, 'timed-out', False)
+        return output
+
+    # -- files -----------------------------------------------------------------------------
+
+    def confine(self, path: str) -> str:
+        """Resolve ``path`` under base_dir, refusing anything that would leave it.
+
+        Raises:
+            RollingOpsFileSystemError: an absolute path, a ``..`` component, an empty path,
+                or a path that resolves (through symlinks) outside base_dir.
+        """
+        if not path or '\0' in path:
+            raise RollingOpsFileSystemError(f'refused path {path!r}: empty or NUL')
+        pure = PurePosixPath(path)
+        if pure.is_absolute() or '..' in pure.parts:
+            raise RollingOpsFileSystemError(f'refused path {path!r}: outside base_dir')
+        base = os.path.realpath(self.base_dir)
+        full = os.path.realpath(os.path.join(base, *pure.parts))
+        if full == base or os.path.commonpath([base, full]) != base:
+            raise RollingOpsFileSystemError(f'refused path {path!r}: resolves outside base_dir')
+        return full
+
+    def read(self, path: str) -> bytes | None:
+        # Like secret_get: the error case of `result<option<…>, error>` cannot be returned
+        # through wasmtime-py, so refusals and I/O errors raise (a trap the charm sees).
+        full = self.confine(path)
+        try:
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RollingOpsFileSystemError(f'cannot read {path}: {e}') from e
+        with os.fdopen(fd, 'rb') as f:
+            return f.read()
+
+    def write(self, path: str, data: bytes, mode: int) -> None | Variant:
+        try:
+            full = self.confine(path)
+            parent = os.path.dirname(full)
+            os.makedirs(parent, exist_ok=True)
+            base = os.path.realpath(self.base_dir)
+            if os.path.commonpath([base, os.path.realpath(parent)]) != base:
+                raise RollingOpsFileSystemError(f'refused path {path!r}: resolves outside base_dir')
+            fd, temp = tempfile.mkstemp(dir=parent, prefix='.rollingops-')
+            try:
+                with os.fdopen(fd, 'wb') as f:
+                    f.write(bytes(data))
+                os.chmod(temp, mode & 0o7777)
+                os.replace(temp, full)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+        except RollingOpsFileSystemError as e:
+            return _err('file-system', str(e))
+        except OSError as e:
+            return _err('file-system', f'cannot write {path}: {e}')
+        return None
+
+    def remove(self, path: str) -> None | Variant:
+        try:
+            full = self.confine(path)
+            os.unlink(full)
+        except FileNotFoundError:
+            return None
+        except RollingOpsFileSystemError as e:
+            return _err('file-system', str(e))
+        except OSError as e:
+            return _err('file-system', f'cannot remove {path}: {e}')
+        return None
+
+    # -- charm -----------------------------------------------------------------------------
+
+    def run_callback(self, callback_id: str, kwargs_json: str) -> Variant:
+        target = self._callbacks.get(callback_id)
+        if target is None:
+            return Variant('missing')
+        try:
+            kwargs = json.loads(kwargs_json)
+            value = target(**kwargs)
+        except Exception:
+            return Variant('raised', traceback.format_exc().rstrip())
+        return Variant('returned', _returned_text(value))
+
+    def sync_backend_acquire(self, backend_id: str, timeout: int | None) -> None | Variant:
+        backend = self._sync_backends.get(backend_id)
+        if backend is None:
+            return Variant('missing')
+        self.backend_error = None
+        try:
+            backend.acquire(timeout=timeout)
+        except TimeoutError as e:
+            self.backend_error = e
+            return Variant('timed-out')
+        except Exception as e:
+            self.backend_error = e
+            return Variant('failed', f'{type(e).__name__}: {e}')
+        return None
+
+    def sync_backend_release(self, backend_id: str) -> None | Variant:
+        backend = self._sync_backends.get(backend_id)
+        if backend is None:
+            return Variant('missing')
+        self.backend_error = None
+        try:
+            backend.release()
+        except Exception as e:
+            self.backend_error = e
+            if isinstance(e, TimeoutError):
+                return Variant('timed-out')
+            return Variant('failed', f'{type(e).__name__}: {e}')
+        return None
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ''
+    if isinstance(value, bytes):
+        return value.decode('utf-8', 'replace')
+    return value
+
+

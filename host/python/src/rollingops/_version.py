@@ -1,0 +1,3 @@
+"""Version of the rollingops Python package."""
+
+__version__ = '0.1.0'

@@ -1,0 +1,4 @@
+//! One module per `rollingops` subcommand.
+
+pub mod bench;
+pub mod simulate;

@@ -1,0 +1,70 @@
+//! The embedder's side of the WIT imports.
+//!
+//! Implement [`Host`] over real hook tools, an `ops` model, or a simulator; the
+//! [`crate::runtime::Session`] adds the sandboxed `process` and `files` imports itself.
+
+use crate::bindings::juju::rollingops::charm::SyncBackendError;
+use crate::bindings::juju::rollingops::types::{BagOwner, CallbackOutcome, Error, LogLevel};
+
+/// Identity, relation data, logs, wake-ups and the charm's callbacks.
+pub trait Host: Send {
+    /// This unit's name (`app/0`).
+    fn unit_name(&mut self) -> String;
+    /// The model's UUID.
+    fn model_uuid(&mut self) -> String;
+    /// Leadership (`is-leader`).
+    fn is_leader(&mut self) -> Result<bool, Error>;
+    /// Relation ids on an endpoint (`relation-ids`).
+    fn relation_ids(&mut self, endpoint: &str) -> Result<Vec<u32>, Error>;
+    /// Remote units on a relation (`relation-list`).
+    fn relation_units(&mut self, relation_id: u32) -> Result<Vec<String>, Error>;
+    /// A databag (`relation-get`).
+    fn relation_get(
+        &mut self,
+        relation_id: u32,
+        owner: &BagOwner,
+    ) -> Result<Vec<(String, String)>, Error>;
+    /// Write keys; an empty value deletes (`relation-set`).
+    fn relation_set(
+        &mut self,
+        relation_id: u32,
+        app: bool,
+        pairs: &[(String, String)],
+    ) -> Result<(), Error>;
+    /// An application secret by label or id (`secret-get`).
+    fn secret_get(&mut self, label_or_id: &str) -> Result<Option<Vec<(String, String)>>, Error> {
+        let _ = label_or_id;
+        Err(Error::Host("secrets are not available in this host".into()))
+    }
+    /// Create an application secret (`secret-add`).
+    fn secret_add(&mut self, label: &str, content: &[(String, String)]) -> Result<String, Error> {
+        let _ = (label, content);
+        Err(Error::Host("secrets are not available in this host".into()))
+    }
+    /// A log line (`juju-log`).
+    fn log(&mut self, level: LogLevel, message: &str);
+    /// Run a hook on this unit after the current one (`juju-exec`), without waiting.
+    fn dispatch(&mut self, event: &str) -> Result<(), Error>;
+    /// Microseconds since the Unix epoch.
+    fn now_micros(&mut self) -> i64;
+    /// Block (etcd worker and sync lock only).
+    fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    /// Run a charm callback.
+    fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome;
+    /// Acquire a charm sync-lock backend.
+    fn sync_backend_acquire(
+        &mut self,
+        id: &str,
+        timeout_seconds: Option<u32>,
+    ) -> Result<(), SyncBackendError> {
+        let _ = (id, timeout_seconds);
+        Err(SyncBackendError::Missing)
+    }
+    /// Release a charm sync-lock backend.
+    fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError> {
+        let _ = id;
+        Err(SyncBackendError::Missing)
+    }
+}
