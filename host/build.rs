@@ -32,7 +32,8 @@ fn main() {
             "build",
             "-p",
             "rollingops-guest",
-            "--release",
+            "--profile",
+            "wasm",
             "--target",
             "wasm32-wasip2",
         ])
@@ -53,6 +54,6 @@ fn main() {
         status.success(),
         "building the guest component failed; is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)"
     );
-    let built = guest_target.join("wasm32-wasip2/release/rollingops_guest.wasm");
+    let built = guest_target.join("wasm32-wasip2/wasm/rollingops_guest.wasm");
     std::fs::copy(&built, &target).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
 }

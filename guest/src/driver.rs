@@ -164,11 +164,11 @@ pub fn is_waiting(
     unit: Option<&str>,
     callback_id: Option<&str>,
 ) -> Result<bool, Error> {
-    if let (Some(name), Some(relation_id)) = (unit, manager.relation_id()) {
-        if manager.needs_remote_bag(name) {
-            let bag = fx.relation_get(relation_id, BagOwner::Unit(name))?;
-            manager.add_remote_bag(name, &bag);
-        }
+    if let (Some(name), Some(relation_id)) = (unit, manager.relation_id())
+        && manager.needs_remote_bag(name)
+    {
+        let bag = fx.relation_get(relation_id, BagOwner::Unit(name))?;
+        manager.add_remote_bag(name, &bag);
     }
     manager.is_waiting(unit, callback_id)
 }

@@ -223,8 +223,8 @@ pub struct Manager {
     leader: bool,
     peer: Option<Peer>,
     commands: VecDeque<Command>,
-    /// Grant identity the running callback executes under.
-    awaiting: Option<String>,
+    /// The grant the running callback executes under.
+    awaiting: Option<Grant>,
     callback_ran: bool,
     dispatched: bool,
 }
@@ -420,7 +420,7 @@ impl Manager {
 
     /// The host's answer to [`Command::RunCallback`]; `now` is the clock after it returned.
     pub fn handle_callback_result(&mut self, outcome: CallbackOutcome, now: Timestamp) {
-        let Some(identity) = self.awaiting.take() else {
+        let Some(grant) = self.awaiting.take() else {
             return;
         };
         self.now = now;
@@ -447,7 +447,7 @@ impl Manager {
                 OperationResult::Release
             }
         };
-        self.record(result, &identity);
+        self.record(result, &grant);
         self.advance(false);
     }
 
@@ -676,17 +676,17 @@ impl Manager {
         }
         match &local.executed_grant {
             Some(echo) => (*echo != grant.identity()).then_some(grant),
-            // A unit upgraded from the reference mid-turn: it ran already if its own record
-            // says so by the reference's rule (only reachable before its first echo).
+            // No echo yet (a unit upgraded from the reference): the leader judges such a
+            // holder by the reference's rule, so the holder must too, whoever wrote the
+            // grant; otherwise it could start while the leader already granted another.
             None => {
-                let ran = matches!((local.executed_at, grant.at), (Some(e), Some(g)) if e > g && grant.seq.is_none());
+                let ran = matches!((local.executed_at, grant.at), (Some(e), Some(g)) if e > g);
                 (!ran).then_some(grant)
             }
         }
     }
 
     fn start_execution(&mut self, grant: &Grant) -> Execution {
-        let identity = grant.identity();
         let local = self.local_record();
         let queue = match local.queue {
             Ok(queue) => queue,
@@ -700,22 +700,17 @@ impl Manager {
                     ),
                 );
                 self.set_local(vec![
-                    (wire::EXECUTED_AT.into(), self.now.to_string()),
-                    (wire::EXECUTED_GRANT.into(), identity),
+                    (wire::EXECUTED_AT.into(), self.executed_at(grant)),
+                    (wire::EXECUTED_GRANT.into(), grant.identity()),
                 ]);
                 return Execution::Recorded;
             }
         };
         let Some(head) = queue.head() else {
-            self.write_turn(&queue, Intent::Idle, &identity);
+            self.write_turn(&queue, Intent::Idle, grant);
             return Execution::Recorded;
         };
-        if !self
-            .config
-            .callback_ids
-            .iter()
-            .any(|id| *id == head.callback_id)
-        {
+        if !self.config.callback_ids.contains(&head.callback_id) {
             self.log(
                 LogLevel::Error,
                 format!(
@@ -730,7 +725,7 @@ impl Manager {
             } else {
                 Intent::Request
             };
-            self.write_turn(&queue, intent, &identity);
+            self.write_turn(&queue, intent, grant);
             return Execution::Recorded;
         }
         self.log(
@@ -745,12 +740,12 @@ impl Manager {
             id: head.callback_id.clone(),
             kwargs_json: kwargs_json(&head.kwargs),
         });
-        self.awaiting = Some(identity);
+        self.awaiting = Some(grant.clone());
         self.callback_ran = true;
         Execution::CallbackStarted
     }
 
-    fn record(&mut self, result: OperationResult, identity: &str) {
+    fn record(&mut self, result: OperationResult, grant: &Grant) {
         let Ok(mut queue) = self.local_record().queue else {
             return;
         };
@@ -780,16 +775,28 @@ impl Manager {
             LogLevel::Info,
             format!("{id:?} finished with {}.", result.as_str()),
         );
-        self.write_turn(&queue, intent, identity);
+        self.write_turn(&queue, intent, grant);
     }
 
-    fn write_turn(&mut self, queue: &OperationQueue, intent: Intent, identity: &str) {
+    fn write_turn(&mut self, queue: &OperationQueue, intent: Intent, grant: &Grant) {
         self.set_local(vec![
             (wire::OPERATIONS.into(), queue.encode()),
             (wire::STATE.into(), intent.as_str().into()),
-            (wire::EXECUTED_AT.into(), self.now.to_string()),
-            (wire::EXECUTED_GRANT.into(), identity.into()),
+            (wire::EXECUTED_AT.into(), self.executed_at(grant)),
+            (wire::EXECUTED_GRANT.into(), grant.identity()),
         ]);
+    }
+
+    /// `executed_at` for a turn under `grant`: now, but always after `granted_at`. A
+    /// reference leader releases only on `executed_at > granted_at` (or idle), and this
+    /// unit never re-runs under the same grant, so a clock behind the leader's would
+    /// otherwise hold the lock forever (spec/peer.md §8.1).
+    fn executed_at(&self, grant: &Grant) -> String {
+        match grant.at {
+            Some(granted) if granted >= self.now => Timestamp::from_micros(granted.micros() + 1),
+            _ => self.now,
+        }
+        .to_string()
     }
 
     fn wake_up(&mut self) {

@@ -43,7 +43,12 @@ pub fn release_reason(holder: Option<&UnitRecord>, grant: &Grant) -> Option<Rele
     if let Some(echo) = &holder.executed_grant {
         return (*echo == grant.identity()).then_some(ReleaseReason::Executed);
     }
-    let idle = matches!(holder.intent, Ok(Intent::Idle));
+    // Idle as the scheduler sees it (intent derived from the queue, §8 W12): an old holder
+    // marked idle with work queued was granted as a requester and is about to run.
+    let idle = match holder.schedulable() {
+        Ok((_, intent)) => intent == Intent::Idle,
+        Err(_) => matches!(holder.intent, Ok(Intent::Idle)),
+    };
     let executed_after_grant = matches!(
         (holder.executed_at, grant.at),
         (Some(executed), Some(granted)) if executed > granted
@@ -234,6 +239,9 @@ mod tests {
         );
         let running = unit("c/1", "request", Some("1"), Some("99.0"));
         assert_eq!(release_reason(Some(&running), &g), None);
+        // Marked idle but work queued: granted as a requester, so not finished (W12).
+        let idle_with_work = unit("c/1", "idle", Some("1"), Some("99.0"));
+        assert_eq!(release_reason(Some(&idle_with_work), &g), None);
         assert_eq!(release_reason(None, &g), Some(ReleaseReason::Vanished));
         let mut etcd = running.clone();
         etcd.backend = Ok(Backend::Etcd);

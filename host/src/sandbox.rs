@@ -266,7 +266,7 @@ mod tests {
             Duration::from_secs(1),
         );
         assert!(
-            matches!(refused, Err(Error::Etcdctl(m)) if m.contains("not etcdctl")),
+            matches!(&refused, Err(Error::Etcdctl(m)) if m.contains("not etcdctl")),
             "{refused:?}"
         );
         let _ = std::fs::remove_dir_all(&root);

@@ -9,12 +9,14 @@
 //! dispatch queues a `rollingops_lock_granted` hook; [`Model::settle`] runs them.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rollingops_guest::driver::{self, BagOwner, Effects};
 use rollingops_guest::manager::SyncBackendError;
 use rollingops_guest::wire::Bag;
-use rollingops_guest::{CallbackOutcome, Config, Error, Event, LogLevel, Manager, State, Timestamp};
+use rollingops_guest::{
+    CallbackOutcome, Config, Error, Event, LogLevel, Manager, State, Timestamp,
+};
 use serde_json::Value;
 
 /// 2026-05-01T12:00:00Z in microseconds: the model's clock starts here.
@@ -35,7 +37,13 @@ pub fn raise(description: &str) -> CallbackOutcome {
 }
 
 /// A stored operation, as the reference writes it.
-pub fn op(id: &str, requested_at: &str, max_retry: Option<u64>, attempt: u64, kwargs: &str) -> String {
+pub fn op(
+    id: &str,
+    requested_at: &str,
+    max_retry: Option<u64>,
+    attempt: u64,
+    kwargs: &str,
+) -> String {
     let max_retry = max_retry.map_or("null".to_string(), |m| m.to_string());
     format!(
         r#"{{"callback_id":"{id}","requested_at":"{requested_at}","max_retry":{max_retry},"attempt":{attempt},"result":null,"kwargs":{kwargs}}}"#
@@ -120,6 +128,8 @@ pub struct Model {
     pub skew: BTreeMap<String, i64>,
     /// The charm's callback registry.
     pub callbacks: BTreeMap<String, Script>,
+    /// Units whose `relation-set` fails (so their hooks fail and commit nothing).
+    pub failing_writes: BTreeSet<String>,
     /// The charm's sync-lock backends: how each acquire answers.
     pub sync_backends: BTreeMap<String, Result<(), SyncBackendError>>,
     /// Every callback invocation.
@@ -150,6 +160,7 @@ impl Model {
             clock: T0,
             skew: BTreeMap::new(),
             callbacks: BTreeMap::new(),
+            failing_writes: BTreeSet::new(),
             sync_backends: BTreeMap::new(),
             calls: Vec::new(),
             sync_calls: Vec::new(),
@@ -168,7 +179,14 @@ impl Model {
     /// Register a callback whose every call takes `duration` microseconds.
     pub fn on_timed(&mut self, id: &str, duration: i64, replies: &[CallbackOutcome]) -> &mut Self {
         assert!(!replies.is_empty(), "a script needs at least one reply");
-        self.callbacks.insert(id.into(), Script { replies: replies.to_vec(), duration, calls: 0 });
+        self.callbacks.insert(
+            id.into(),
+            Script {
+                replies: replies.to_vec(),
+                duration,
+                calls: 0,
+            },
+        );
         self
     }
 
@@ -196,9 +214,18 @@ impl Model {
     ) -> Result<T, Error> {
         assert!(self.bags.contains_key(unit), "{unit} is not in the model");
         let config = self.config();
-        let mut fx = UnitFx { model: self, unit: unit.into(), app_writes: Bag::new(), unit_writes: Bag::new() };
+        let mut fx = UnitFx {
+            model: self,
+            unit: unit.into(),
+            app_writes: Bag::new(),
+            unit_writes: Bag::new(),
+        };
         let result = driver::load(config, &mut fx).and_then(|mut manager| f(&mut manager, &mut fx));
-        let UnitFx { app_writes, unit_writes, .. } = fx;
+        let UnitFx {
+            app_writes,
+            unit_writes,
+            ..
+        } = fx;
         self.commit(unit, what, result.is_ok(), app_writes, unit_writes);
         result
     }
@@ -210,8 +237,16 @@ impl Model {
     }
 
     /// `request_async_lock` in a hook (an action) on `unit`.
-    pub fn request(&mut self, unit: &str, id: &str, kwargs: &str, max_retry: Option<i64>) -> Result<(), Error> {
-        self.run(unit, "request", |m, fx| driver::request_async_lock(m, fx, id, kwargs, max_retry))
+    pub fn request(
+        &mut self,
+        unit: &str,
+        id: &str,
+        kwargs: &str,
+        max_retry: Option<i64>,
+    ) -> Result<(), Error> {
+        self.run(unit, "request", |m, fx| {
+            driver::request_async_lock(m, fx, id, kwargs, max_retry)
+        })
     }
 
     /// `state` read in a hook on `unit`.
@@ -220,8 +255,15 @@ impl Model {
     }
 
     /// `is_waiting` / `is_waiting_callback` read in a hook on `unit`.
-    pub fn is_waiting(&mut self, unit: &str, of: Option<&str>, callback: Option<&str>) -> Result<bool, Error> {
-        self.run(unit, "is_waiting", |m, fx| driver::is_waiting(m, fx, of, callback))
+    pub fn is_waiting(
+        &mut self,
+        unit: &str,
+        of: Option<&str>,
+        callback: Option<&str>,
+    ) -> Result<bool, Error> {
+        self.run(unit, "is_waiting", |m, fx| {
+            driver::is_waiting(m, fx, of, callback)
+        })
     }
 
     /// Run queued hooks until none are left; returns how many ran. Panics on a failed
@@ -296,12 +338,24 @@ impl Model {
     /// Set keys in a unit's committed bag ("" deletes), as if written earlier.
     pub fn seed(&mut self, unit: &str, pairs: &[(&str, &str)]) {
         let bag = self.bags.get_mut(unit).expect("unit exists");
-        apply(bag, &pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        apply(
+            bag,
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
     }
 
     /// Set keys in the committed app bag.
     pub fn seed_app(&mut self, pairs: &[(&str, &str)]) {
-        apply(&mut self.app_bag, &pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        apply(
+            &mut self.app_bag,
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
     }
 
     /// A committed unit-bag value.
@@ -331,12 +385,18 @@ impl Model {
 
     /// Callback ids run on `unit`, in order.
     pub fn calls_on(&self, unit: &str) -> Vec<&str> {
-        self.calls.iter().filter(|c| c.unit == unit).map(|c| c.id.as_str()).collect()
+        self.calls
+            .iter()
+            .filter(|c| c.unit == unit)
+            .map(|c| c.id.as_str())
+            .collect()
     }
 
     /// Whether some log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
-        self.logs.iter().any(|(_, _, message)| message.contains(needle))
+        self.logs
+            .iter()
+            .any(|(_, _, message)| message.contains(needle))
     }
 }
 
@@ -385,12 +445,22 @@ impl Effects for UnitFx<'_> {
     }
 
     fn relation_ids(&mut self, endpoint: &str) -> Result<Vec<u32>, Error> {
-        Ok(if self.model.relation && endpoint == PEER { vec![0] } else { vec![] })
+        Ok(if self.model.relation && endpoint == PEER {
+            vec![0]
+        } else {
+            vec![]
+        })
     }
 
     fn relation_units(&mut self, relation_id: u32) -> Result<Vec<String>, Error> {
         assert_eq!(relation_id, 0);
-        Ok(self.model.units.iter().filter(|u| **u != self.unit).cloned().collect())
+        Ok(self
+            .model
+            .units
+            .iter()
+            .filter(|u| **u != self.unit)
+            .cloned()
+            .collect())
     }
 
     fn relation_get(&mut self, relation_id: u32, owner: BagOwner<'_>) -> Result<Bag, Error> {
@@ -404,17 +474,31 @@ impl Effects for UnitFx<'_> {
             }
             BagOwner::Unit(name) => match self.model.bags.get(name) {
                 Some(bag) if self.model.units.iter().any(|u| u == name) => Ok(bag.clone()),
-                _ => Err(Error::Host(format!("relation-get: {name} is not on the relation"))),
+                _ => Err(Error::Host(format!(
+                    "relation-get: {name} is not on the relation"
+                ))),
             },
         }
     }
 
-    fn relation_set(&mut self, relation_id: u32, app: bool, pairs: &[(String, String)]) -> Result<(), Error> {
+    fn relation_set(
+        &mut self,
+        relation_id: u32,
+        app: bool,
+        pairs: &[(String, String)],
+    ) -> Result<(), Error> {
         assert_eq!(relation_id, 0);
+        if self.model.failing_writes.contains(&self.unit) {
+            return Err(Error::Host("relation-set: hook tool failed".into()));
+        }
         if app && self.model.leader != self.unit {
             return Err(Error::Host("relation-set --app: not the leader".into()));
         }
-        let target = if app { &mut self.app_writes } else { &mut self.unit_writes };
+        let target = if app {
+            &mut self.app_writes
+        } else {
+            &mut self.unit_writes
+        };
         for (key, value) in pairs {
             target.insert(key.clone(), value.clone());
         }
@@ -422,12 +506,16 @@ impl Effects for UnitFx<'_> {
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {
-        self.model.logs.push((self.unit.clone(), level, message.to_string()));
+        self.model
+            .logs
+            .push((self.unit.clone(), level, message.to_string()));
     }
 
     fn dispatch(&mut self, event: &str) -> Result<(), Error> {
         assert_eq!(event, LOCK_GRANTED, "the only hook the core dispatches");
-        self.model.dispatched.push((self.unit.clone(), event.to_string()));
+        self.model
+            .dispatched
+            .push((self.unit.clone(), event.to_string()));
         let unit = self.unit.clone();
         self.model.queue_hook(&unit, Event::LockGranted);
         Ok(())
@@ -440,6 +528,11 @@ impl Effects for UnitFx<'_> {
 
     fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
         let granted_unit = self.app_view().get("granted_unit").cloned();
+        assert_eq!(
+            granted_unit.as_deref(),
+            Some(self.unit.as_str()),
+            "{id} ran without the lock"
+        );
         let Some(script) = self.model.callbacks.get_mut(id) else {
             return CallbackOutcome::Missing;
         };
@@ -453,19 +546,35 @@ impl Effects for UnitFx<'_> {
             unit: self.unit.clone(),
             id: id.to_string(),
             kwargs_json: kwargs_json.to_string(),
-            kwargs: serde_json::from_str(kwargs_json).expect("kwargs handed to a callback are JSON"),
+            kwargs: serde_json::from_str(kwargs_json)
+                .expect("kwargs handed to a callback are JSON"),
             granted_unit,
         });
         reply
     }
 
-    fn sync_backend_acquire(&mut self, id: &str, timeout_seconds: Option<u32>) -> Result<(), SyncBackendError> {
-        self.model.sync_calls.push((self.unit.clone(), "acquire", id.to_string(), timeout_seconds));
-        self.model.sync_backends.get(id).cloned().unwrap_or(Err(SyncBackendError::Missing))
+    fn sync_backend_acquire(
+        &mut self,
+        id: &str,
+        timeout_seconds: Option<u32>,
+    ) -> Result<(), SyncBackendError> {
+        self.model.sync_calls.push((
+            self.unit.clone(),
+            "acquire",
+            id.to_string(),
+            timeout_seconds,
+        ));
+        self.model
+            .sync_backends
+            .get(id)
+            .cloned()
+            .unwrap_or(Err(SyncBackendError::Missing))
     }
 
     fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError> {
-        self.model.sync_calls.push((self.unit.clone(), "release", id.to_string(), None));
+        self.model
+            .sync_calls
+            .push((self.unit.clone(), "release", id.to_string(), None));
         match self.model.sync_backends.get(id) {
             Some(_) => Ok(()),
             None => Err(SyncBackendError::Missing),

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rollingops::commands::bench::BenchCommand;
 use rollingops::commands::simulate::SimulateCommand;
 
 /// rollingops: the rolling-operations lock for Juju charms.
@@ -17,11 +18,14 @@ struct Cli {
 enum Command {
     /// Simulate a rolling restart of a multi-unit application (the demo).
     Simulate(SimulateCommand),
+    /// Measure the component and the protocol, with baselines.
+    Bench(BenchCommand),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Simulate(command) => command.execute(),
+        Command::Bench(command) => command.execute(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

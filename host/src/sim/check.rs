@@ -74,13 +74,14 @@ pub fn check(outcome: &Outcome) -> Vec<String> {
     // Mutual exclusion.
     let mut latest: Option<&Interval> = None;
     for run in &runs {
-        if let Some(prev) = latest {
-            if run.start < prev.end - 1e-9 && run.unit != prev.unit {
-                problems.push(format!(
-                    "mutual exclusion: {} ran op {:?} from {:.3}s while {} ran op {:?} until {:.3}s",
-                    run.unit, run.op, run.start, prev.unit, prev.op, prev.end
-                ));
-            }
+        if let Some(prev) = latest
+            && run.start < prev.end - 1e-9
+            && run.unit != prev.unit
+        {
+            problems.push(format!(
+                "mutual exclusion: {} ran op {:?} from {:.3}s while {} ran op {:?} until {:.3}s",
+                run.unit, run.op, run.start, prev.unit, prev.op, prev.end
+            ));
         }
         if latest.is_none_or(|prev| run.end > prev.end) {
             latest = Some(run);
@@ -132,20 +133,19 @@ pub fn check(outcome: &Outcome) -> Vec<String> {
             )),
             Some(_) => {}
         }
-        if let Some(limit) = exhausted {
-            if retries > limit {
-                problems.push(format!(
-                    "op {index} on {unit}: {retries} retries beyond max_retry {limit}"
-                ));
-            }
+        if let Some(limit) = exhausted
+            && retries > limit
+        {
+            problems.push(format!(
+                "op {index} on {unit}: {retries} retries beyond max_retry {limit}"
+            ));
         }
-        if let Some(bag) = outcome.final_units.get(&unit) {
-            if bag
+        if let Some(bag) = outcome.final_units.get(&unit)
+            && bag
                 .get("operations")
                 .is_some_and(|ops| ops.contains(&format!("\"op\":{index},")))
-            {
-                problems.push(format!("op {index} on {unit}: still queued at the end"));
-            }
+        {
+            problems.push(format!("op {index} on {unit}: still queued at the end"));
         }
     }
 

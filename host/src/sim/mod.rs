@@ -414,11 +414,9 @@ impl<'r> Simulation<'r> {
             kind,
             HookKind::RelationChanged | HookKind::LockGranted | HookKind::UpdateStatus
         );
-        if coalesces {
-            if let Some(existing) = queue.iter_mut().find(|p| p.kind == kind) {
-                existing.cause = cause.or(existing.cause);
-                return;
-            }
+        if coalesces && let Some(existing) = queue.iter_mut().find(|p| p.kind == kind) {
+            existing.cause = cause.or(existing.cause);
+            return;
         }
         queue.push_back(Pending {
             kind,

@@ -102,10 +102,10 @@ pub fn timeline(outcome: &Outcome, verbose: bool) -> String {
     );
     for hook in &outcome.hooks {
         let mut effects = Vec::new();
-        if let HookKind::Action(_) = hook.kind {
-            if hook.unit_writes.iter().any(|(k, _)| k == "operations") {
-                effects.push("queues restart".to_string());
-            }
+        if let HookKind::Action(_) = hook.kind
+            && hook.unit_writes.iter().any(|(k, _)| k == "operations")
+        {
+            effects.push("queues restart".to_string());
         }
         effects.extend(hook.story.iter().cloned());
         match &hook.fate {

@@ -93,9 +93,11 @@ def spawn_dispatch(unit_name: str, charm_dir: str, event_name: str, base_dir: st
         os.makedirs(base_dir, exist_ok=True)
         output = open(os.path.join(base_dir, DISPATCH_LOG), 'ab')  # noqa: SIM115
     except OSError as e:
-        logger.warning('Cannot open the dispatch log under %s (%s); discarding output.', base_dir, e)
+        logger.warning(
+            'Cannot open the dispatch log under %s (%s); discarding output.', base_dir, e
+        )
     try:
-        subprocess.Popen(  # noqa: S603 - fixed program, arguments built above
+        subprocess.Popen(
             [juju_exec, '-u', unit_name, command],
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -214,7 +216,7 @@ class Host:
 
     def relation_set(
         self, relation_id: int, app: bool, pairs: list[tuple[str, str]]
-    ) -> None | Variant:
+    ) -> Variant | None:
         try:
             relation = self._relation(relation_id)
             entity: ops.Unit | ops.Application = self._model.app if app else self._model.unit
@@ -248,7 +250,7 @@ class Host:
     def log(self, level: str, message: str) -> None:
         logger.log(_LEVELS.get(level, logging.INFO), '%s', message)
 
-    def dispatch(self, event_name: str) -> None | Variant:
+    def dispatch(self, event_name: str) -> Variant | None:
         if not _HOOK_NAME.match(event_name):
             return _err('host', f'refusing to dispatch {event_name!r}: not a hook name')
         try:
@@ -286,7 +288,7 @@ class Host:
             return _err('etcdctl', f'etcdctl is not installed at {program}')
         output = Record()
         try:
-            done = subprocess.run(  # noqa: S603 - fixed program
+            done = subprocess.run(
                 [program, *args],
                 input=stdin if stdin is not None else '',
                 capture_output=True,
@@ -296,16 +298,16 @@ class Host:
                 check=False,
             )
         except subprocess.TimeoutExpired as e:
-            setattr(output, 'code', -1)
-            setattr(output, 'stdout', _text(e.stdout))
-            setattr(output, 'stderr', _text(e.stderr))
+            output.code = -1
+            output.stdout = _text(e.stdout)
+            output.stderr = _text(e.stderr)
             setattr(output, 'timed-out', True)
             return output
         except OSError as e:
             return _err('etcdctl', f'etcdctl could not be started: {e}')
-        setattr(output, 'code', done.returncode if done.returncode >= 0 else -1)
-        setattr(output, 'stdout', done.stdout)
-        setattr(output, 'stderr', done.stderr)
+        output.code = done.returncode if done.returncode >= 0 else -1
+        output.stdout = done.stdout
+        output.stderr = done.stderr
         setattr(output, 'timed-out', False)
         return output
 
@@ -342,14 +344,16 @@ class Host:
         with os.fdopen(fd, 'rb') as f:
             return f.read()
 
-    def write(self, path: str, data: bytes, mode: int) -> None | Variant:
+    def write(self, path: str, data: bytes, mode: int) -> Variant | None:
         try:
             full = self.confine(path)
             parent = os.path.dirname(full)
             os.makedirs(parent, exist_ok=True)
             base = os.path.realpath(self.base_dir)
             if os.path.commonpath([base, os.path.realpath(parent)]) != base:
-                raise RollingOpsFileSystemError(f'refused path {path!r}: resolves outside base_dir')
+                raise RollingOpsFileSystemError(
+                    f'refused path {path!r}: resolves outside base_dir'
+                )
             fd, temp = tempfile.mkstemp(dir=parent, prefix='.rollingops-')
             try:
                 with os.fdopen(fd, 'wb') as f:
@@ -366,7 +370,7 @@ class Host:
             return _err('file-system', f'cannot write {path}: {e}')
         return None
 
-    def remove(self, path: str) -> None | Variant:
+    def remove(self, path: str) -> Variant | None:
         try:
             full = self.confine(path)
             os.unlink(full)
@@ -391,7 +395,7 @@ class Host:
             return Variant('raised', traceback.format_exc().rstrip())
         return Variant('returned', _returned_text(value))
 
-    def sync_backend_acquire(self, backend_id: str, timeout: int | None) -> None | Variant:
+    def sync_backend_acquire(self, backend_id: str, timeout: int | None) -> Variant | None:
         backend = self._sync_backends.get(backend_id)
         if backend is None:
             return Variant('missing')
@@ -406,7 +410,7 @@ class Host:
             return Variant('failed', f'{type(e).__name__}: {e}')
         return None
 
-    def sync_backend_release(self, backend_id: str) -> None | Variant:
+    def sync_backend_release(self, backend_id: str) -> Variant | None:
         backend = self._sync_backends.get(backend_id)
         if backend is None:
             return Variant('missing')
@@ -427,5 +431,3 @@ def _text(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         return value.decode('utf-8', 'replace')
     return value
-
-

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test, from scratch: installs what it needs (the wasm target, Python packages),
+# then runs the Rust checks and tests (core, component, simulator property search) and
+# the Python host's tests. Usage: ./test.sh   (ROLLINGOPS_SEEDS=10000 ./test.sh for a
+# wider property search).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip2 target, rustfmt, clippy"
+rustup target add wasm32-wasip2
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings (host target and the wasm component)"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p rollingops-guest --target wasm32-wasip2 -- -D warnings
+
+step "cargo test (core, component boundary, simulator; ${ROLLINGOPS_SEEDS:-1000} property seeds)"
+cargo test --workspace
+
+if [ -x host/python/run_tests.sh ]; then
+    step "Python host"
+    host/python/run_tests.sh
+fi
+
+step "all tests passed"
