@@ -10,11 +10,13 @@
 //! * [`scheduler`] — who gets the lock next and when a grant ends (pure functions);
 //! * [`queue`], [`op`] — per-unit queues, de-duplication, retry accounting;
 //! * [`wire`], [`timestamp`] — databag encodings, byte-compatible with the reference;
-//! * [`manager`] — one hook's decisions; [`driver`] — runs them against effects.
+//! * [`manager`] — one hook's decisions; [`driver`] — runs them against effects;
+//! * [`etcd`] — etcd mode's identities, keys, transaction bodies and output parsing.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod driver;
 pub mod error;
+pub mod etcd;
 pub mod manager;
 pub mod op;
 pub mod queue;

@@ -22,9 +22,12 @@ echo '== ruff'
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 
+echo '== mypy --strict'
+"$venv/bin/mypy" --strict src/rollingops
+
 echo '== wheel carries rollingops.wasm'
 wheel_dir="$(mktemp -d)"
-trap 'rm -rf "$wheel_dir"' EXIT
+trap 'rm -rf "$wheel_dir" "$here/build"' EXIT
 "$venv/bin/python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$wheel_dir" . >/dev/null
 "$venv/bin/python" - "$wheel_dir" <<'PY'
 import pathlib, sys, zipfile
@@ -34,6 +37,7 @@ for needed in ('rollingops/rollingops.wasm', 'rollingops/py.typed'):
     assert needed in names, f'{needed} missing from {wheel.name}'
 print(f'{wheel.name}: ok')
 PY
+rm -rf "$here/build"
 
 echo '== pytest'
 "$venv/bin/python" -m pytest "$@"

@@ -286,7 +286,6 @@ class Host:
         program = self.etcdctl_path()
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
             return _err('etcdctl', f'etcdctl is not installed at {program}')
-        output = Record()
         try:
             done = subprocess.run(
                 [program, *args],
@@ -298,18 +297,11 @@ class Host:
                 check=False,
             )
         except subprocess.TimeoutExpired as e:
-            output.code = -1
-            output.stdout = _text(e.stdout)
-            output.stderr = _text(e.stderr)
-            setattr(output, 'timed-out', True)
-            return output
+            return _exec_output(-1, _text(e.stdout), _text(e.stderr), timed_out=True)
         except OSError as e:
             return _err('etcdctl', f'etcdctl could not be started: {e}')
-        output.code = done.returncode if done.returncode >= 0 else -1
-        output.stdout = done.stdout
-        output.stderr = done.stderr
-        setattr(output, 'timed-out', False)
-        return output
+        code = done.returncode if done.returncode >= 0 else -1
+        return _exec_output(code, done.stdout, done.stderr, timed_out=False)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -423,6 +415,19 @@ class Host:
                 return Variant('timed-out')
             return Variant('failed', f'{type(e).__name__}: {e}')
         return None
+
+
+def _exec_output(code: int, stdout: str, stderr: str, *, timed_out: bool) -> Record:
+    """The WIT ``exec-output`` record (field names as in the WIT, so set by name)."""
+    output = Record()
+    for name, value in (
+        ('code', code),
+        ('stdout', stdout),
+        ('stderr', stderr),
+        ('timed-out', timed_out),
+    ):
+        setattr(output, name, value)
+    return output
 
 
 def _text(value: str | bytes | None) -> str:

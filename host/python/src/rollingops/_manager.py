@@ -291,7 +291,8 @@ class RollingOpsManager(ops.Object):
 
     def describe(self) -> dict[str, Any]:
         """A snapshot of the lock and of every known unit's queue, for people and scripts."""
-        return json.loads(self._call('describe'))
+        view: dict[str, Any] = json.loads(self._call('describe'))
+        return view
 
 
 def _encode_kwargs(kwargs: object) -> tuple[str, Exception | None]:

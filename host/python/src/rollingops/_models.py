@@ -13,7 +13,7 @@ else:  # pragma: no cover - Python 3.10
 
     class _StrEnum(str, Enum):
         def __str__(self) -> str:
-            return self.value
+            return str(self.value)
 
 
 class OperationResult(_StrEnum):

@@ -91,7 +91,16 @@ def wasm_path() -> str:
 
 
 def wasmtime_version() -> str:
-    """The installed wasmtime-py version (part of the cache key)."""
+    """The installed wasmtime-py version (part of the cache key).
+
+    Read from the ``wasmtime-<version>.dist-info`` directory next to the package, which costs
+    one directory listing; ``importlib.metadata`` (a scan of every path entry) is the fallback.
+    """
+    site = os.path.dirname(os.path.dirname(os.path.abspath(wasmtime.__file__)))
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(site):
+            if entry.startswith('wasmtime-') and entry.endswith('.dist-info'):
+                return entry[len('wasmtime-') : -len('.dist-info')]
     try:
         return metadata.version('wasmtime')
     except metadata.PackageNotFoundError:  # pragma: no cover - vendored wasmtime

@@ -1,0 +1,8 @@
+//! etcd mode, pure parts (spec/etcd.md): identities and key layout ([`keys`]), the exact
+//! etcdctl argv and transaction bodies ([`txn`]), and how etcdctl's output and failures are
+//! read ([`etcdctl`]). Nothing here runs a process; the flows that do run etcdctl through
+//! the `process` import build on these.
+
+pub mod etcdctl;
+pub mod keys;
+pub mod txn;

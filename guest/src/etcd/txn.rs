@@ -1,0 +1,135 @@
+//! etcdctl transaction bodies (spec/etcd.md §4.4). Every key and value is quoted with Go's
+//! `%q` rules, which etcdctl's txn reader unquotes; the reference left op JSON unquoted, so
+//! any value containing a space was truncated (§11 item 3).
+
+/// A value quoted as Go's `strconv.Quote` would, for etcdctl's txn argument reader.
+pub fn go_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn body(compares: &[String], success: &[String]) -> String {
+    // compares, blank line, success ops, blank line, failure ops (none), blank line.
+    let mut out = String::new();
+    for line in compares {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    for line in success {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("\n\n");
+    out
+}
+
+/// T1: take the lock if nobody holds it, bound to `lease_hex`.
+pub fn acquire(lock: &str, owner: &str, lease_hex: &str) -> String {
+    body(
+        &[format!("version({}) = \"0\"", go_quote(lock))],
+        &[format!(
+            "put {} {} --lease={lease_hex}",
+            go_quote(lock),
+            go_quote(owner)
+        )],
+    )
+}
+
+/// T2: release the lock if `owner` holds it.
+pub fn release(lock: &str, owner: &str) -> String {
+    body(
+        &[format!("value({}) = {}", go_quote(lock), go_quote(owner))],
+        &[format!("del {}", go_quote(lock))],
+    )
+}
+
+/// T3/T4: move `from_key` to `to_key` with `value`, only while `owner` holds the lock and
+/// the source exists.
+pub fn move_op(lock: &str, owner: &str, from_key: &str, to_key: &str, value: &str) -> String {
+    body(
+        &[
+            format!("value({}) = {}", go_quote(lock), go_quote(owner)),
+            format!("version({}) != \"0\"", go_quote(from_key)),
+        ],
+        &[
+            format!("put {} {}", go_quote(to_key), go_quote(value)),
+            format!("del {}", go_quote(from_key)),
+        ],
+    )
+}
+
+/// T5: drop `key` while `owner` holds the lock and the key exists.
+pub fn drop_op(lock: &str, owner: &str, key: &str) -> String {
+    body(
+        &[
+            format!("value({}) = {}", go_quote(lock), go_quote(owner)),
+            format!("version({}) != \"0\"", go_quote(key)),
+        ],
+        &[format!("del {}", go_quote(key))],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s12_acquire_is_the_reference_body_modulo_indentation() {
+        let reference = "        version(\"/rollingops/default/c1/granted-unit/\") = \"0\"\n\n        put \"/rollingops/default/c1/granted-unit/\" \"uuid-app-0\" --lease=694d9c9aeca3422a\n\n\n        ";
+        let ours = acquire(
+            "/rollingops/default/c1/granted-unit/",
+            "uuid-app-0",
+            "694d9c9aeca3422a",
+        );
+        let trim = |s: &str| {
+            s.lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim_end()
+                .to_string()
+        };
+        assert_eq!(trim(&ours), trim(reference));
+    }
+
+    #[test]
+    fn s11_3_values_with_spaces_and_quotes_are_quoted() {
+        let value = r#"{"callback_id":"_restart","kwargs":{"a":"x y","q":"say \"hi\"\\"}}"#;
+        let text = move_op("/l/", "o", "/p/k", "/i/k", value);
+        let put = text.lines().find(|l| l.starts_with("put ")).unwrap();
+        assert_eq!(put, format!("put \"/i/k\" {}", go_quote(value)));
+        assert!(put.contains(r#"\"x y\""#));
+        assert_eq!(go_quote("a\nb\u{1}é"), "\"a\\nb\\x01é\"");
+    }
+
+    #[test]
+    fn bodies_have_compares_then_success_then_no_failure_ops() {
+        let text = drop_op("/l/", "o", "/c/k");
+        let sections: Vec<&str> = text.split("\n\n").collect();
+        assert_eq!(
+            sections[0],
+            "value(\"/l/\") = \"o\"\nversion(\"/c/k\") != \"0\""
+        );
+        assert_eq!(sections[1], "del \"/c/k\"");
+        assert_eq!(
+            release("/l/", "o"),
+            "value(\"/l/\") = \"o\"\n\ndel \"/l/\"\n\n\n"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! C ABI over the rollingops host library (to be written).
