@@ -129,3 +129,140 @@ fn property_random_interleavings() {
     }
     eprintln!("property search: {seeds} seeds, {hooks} hooks, no violation");
 }
+
+// spec/peer.md §7.4: the reference's integration rows, replayed in the simulator.
+
+fn committed_runs(outcome: &sim::Outcome) -> Vec<check::Interval> {
+    check::intervals(outcome)
+        .into_iter()
+        .filter(|r| r.committed)
+        .collect()
+}
+
+fn scenario(units: usize, requests: Vec<RequestSpec>, seed: u64) -> Scenario {
+    let mut scenario = Scenario::rolling_restart(units, 1.0, seed);
+    scenario.requests = requests;
+    scenario
+}
+
+#[test]
+fn row_53_54_single_unit_retries_then_next_op() {
+    // failed-restart max-retry 2 runs three times, then restart runs once; same for holds.
+    for (hold, retry) in [(0, 9), (9, 0)] {
+        let requests = vec![
+            RequestSpec {
+                hold,
+                retry,
+                max_retry: Some(2),
+                ..RequestSpec::restart(0.0, 0, 1.0)
+            },
+            RequestSpec::restart(0.5, 0, 1.0),
+        ];
+        let outcome = sim::simulate(runtime(), scenario(1, requests, 3));
+        assert_clean(&outcome);
+        let ops: Vec<Option<u64>> = committed_runs(&outcome).iter().map(|r| r.op).collect();
+        assert_eq!(
+            ops,
+            [Some(0), Some(0), Some(0), Some(1)],
+            "hold {hold} retry {retry}"
+        );
+    }
+}
+
+#[test]
+fn row_56_retry_hold_keeps_the_lock() {
+    let requests = vec![
+        RequestSpec {
+            hold: 9,
+            max_retry: Some(2),
+            ..RequestSpec::restart(0.0, 1, 3.0)
+        },
+        RequestSpec::restart(1.0, 3, 1.0),
+    ];
+    let outcome = sim::simulate(runtime(), scenario(5, requests, 5));
+    assert_clean(&outcome);
+    let ops: Vec<Option<u64>> = committed_runs(&outcome).iter().map(|r| r.op).collect();
+    assert_eq!(ops, [Some(0), Some(0), Some(0), Some(1)]);
+}
+
+#[test]
+fn row_57_retry_release_alternates_least_recently_executed_first() {
+    let requests = vec![
+        RequestSpec {
+            retry: 9,
+            max_retry: Some(2),
+            ..RequestSpec::restart(0.0, 2, 2.0)
+        },
+        RequestSpec {
+            retry: 9,
+            max_retry: Some(2),
+            ..RequestSpec::restart(0.5, 4, 0.5)
+        },
+    ];
+    let outcome = sim::simulate(runtime(), scenario(5, requests, 6));
+    assert_clean(&outcome);
+    let units: Vec<String> = committed_runs(&outcome)
+        .iter()
+        .map(|r| r.unit.clone())
+        .collect();
+    assert_eq!(
+        units,
+        ["app/2", "app/4", "app/2", "app/4", "app/2", "app/4"]
+    );
+}
+
+#[test]
+fn row_58_per_unit_fifo_with_max_retry_zero() {
+    let requests = vec![
+        RequestSpec {
+            hold: 9,
+            max_retry: Some(2),
+            ..RequestSpec::restart(0.0, 4, 2.0)
+        },
+        RequestSpec {
+            retry: 9,
+            max_retry: Some(2),
+            ..RequestSpec::restart(0.1, 3, 0.5)
+        },
+        RequestSpec {
+            hold: 9,
+            max_retry: Some(0),
+            ..RequestSpec::restart(0.2, 3, 0.5)
+        },
+        RequestSpec::restart(0.3, 3, 0.5),
+    ];
+    let outcome = sim::simulate(runtime(), scenario(5, requests, 8));
+    assert_clean(&outcome);
+    let unit3: Vec<Option<u64>> = committed_runs(&outcome)
+        .iter()
+        .filter(|r| r.unit == "app/3")
+        .map(|r| r.op)
+        .collect();
+    assert_eq!(unit3, [Some(1), Some(1), Some(1), Some(2), Some(3)]);
+}
+
+#[test]
+fn row_61_endless_leader_retries_do_not_starve_a_fresh_request() {
+    let requests = vec![
+        RequestSpec {
+            retry: u32::MAX,
+            max_retry: None,
+            ..RequestSpec::restart(0.0, 0, 5.0)
+        },
+        RequestSpec::restart(2.0, 1, 3.0),
+    ];
+    let mut scenario = scenario(2, requests, 2);
+    scenario.horizon = 120.0;
+    let outcome = sim::simulate(runtime(), scenario);
+    let runs = committed_runs(&outcome);
+    assert!(
+        runs.iter()
+            .any(|r| r.unit == "app/1" && r.outcome == "release"),
+        "the request completed"
+    );
+    assert_eq!(check::max_concurrent(&check::intervals(&outcome)), 1);
+    assert!(
+        runs.iter().filter(|r| r.unit == "app/0").count() >= 2,
+        "the leader keeps retrying"
+    );
+}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,13 @@ def main() -> None:
     parser.add_argument('--runs', type=int, default=15, help='fresh processes per cell')
     args = parser.parse_args()
     base_dir = tempfile.mkdtemp(prefix='rollingops-bench-')
+    try:
+        run(args.runs, base_dir)
+    finally:
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def run(runs: int, base_dir: str) -> None:
 
     # Cold: the first hook ever, compiling the component and writing the cache.
     cold = child('new', 'leader', base_dir)
@@ -143,7 +151,7 @@ def main() -> None:
     rows = []
     for hook in ('leader', 'holder'):
         for flavour in ('ref', 'new'):
-            samples = [child(flavour, hook, base_dir) for _ in range(args.runs)]
+            samples = [child(flavour, hook, base_dir) for _ in range(runs)]
             warm = child(flavour, hook, base_dir, repeat=30)['warm']
             med = {
                 key: statistics.median(s[key] for s in samples)
@@ -151,7 +159,7 @@ def main() -> None:
             }
             rows.append((hook, flavour, med, warm))
 
-    print(f'per-hook cost, medians of {args.runs} fresh processes (ms)')
+    print(f'per-hook cost, medians of {runs} fresh processes (ms)')
     header = f'{"hook":8} {"library":22} {"import":>8} {"hook":>8} {"imp+hook":>8}'
     print(header + f' {"process":>8} {"warm hook":>9}')
     names = {'ref': 'charmlibs-rollingops', 'new': 'rollingops (wasm)'}

@@ -5,4 +5,5 @@
 
 pub mod etcdctl;
 pub mod keys;
+pub mod queue;
 pub mod txn;
