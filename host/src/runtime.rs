@@ -302,11 +302,12 @@ impl juju::Host for StoreData {
     ) -> Result<(), wit::Error> {
         self.host.relation_set(relation_id, app, &pairs)
     }
-    fn secret_get(
-        &mut self,
-        label_or_id: String,
-    ) -> Result<Option<Vec<(String, String)>>, wit::Error> {
-        self.host.secret_get(&label_or_id)
+    fn secret_get(&mut self, label_or_id: String) -> Result<juju::SecretContent, wit::Error> {
+        let found = self.host.secret_get(&label_or_id)?;
+        Ok(juju::SecretContent {
+            exists: found.is_some(),
+            content: found.unwrap_or_default(),
+        })
     }
     fn secret_add(
         &mut self,
@@ -347,8 +348,12 @@ impl process::Host for StoreData {
 }
 
 impl files::Host for StoreData {
-    fn read(&mut self, path: String) -> Result<Option<Vec<u8>>, wit::Error> {
-        self.sandbox.read(&path)
+    fn read(&mut self, path: String) -> Result<files::FileContent, wit::Error> {
+        let found = self.sandbox.read(&path)?;
+        Ok(files::FileContent {
+            exists: found.is_some(),
+            data: found.unwrap_or_default(),
+        })
     }
     fn write(&mut self, path: String, data: Vec<u8>, mode: u32) -> Result<(), wit::Error> {
         self.sandbox.write(&path, &data, mode)

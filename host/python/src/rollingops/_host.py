@@ -226,10 +226,7 @@ class Host:
             return _err('host', f'relation-set -r {relation_id} ({who}) failed: {e}')
         return None
 
-    def secret_get(self, label_or_id: str) -> list[tuple[str, str]] | None:
-        # `result<option<…>, error>` cannot carry its error case through wasmtime-py (the
-        # untagged `ok` side matches every Python value), so a failure raises: it traps the
-        # call and the exception reaches the charm.
+    def secret_get(self, label_or_id: str) -> Record | Variant:
         try:
             if label_or_id.startswith('secret:'):
                 secret = self._model.get_secret(id=label_or_id)
@@ -237,8 +234,10 @@ class Host:
                 secret = self._model.get_secret(label=label_or_id)
             content = secret.get_content(refresh=True)
         except ops.SecretNotFoundError:
-            return None
-        return sorted(content.items())
+            return _record(exists=False, content=[])
+        except ops.ModelError as e:
+            return _err('host', f'secret-get {label_or_id} failed: {e}')
+        return _record(exists=True, content=sorted(content.items()))
 
     def secret_add(self, label: str, content: list[tuple[str, str]]) -> str | Variant:
         try:
@@ -323,18 +322,18 @@ class Host:
             raise RollingOpsFileSystemError(f'refused path {path!r}: resolves outside base_dir')
         return full
 
-    def read(self, path: str) -> bytes | None:
-        # Like secret_get: the error case of `result<option<…>, error>` cannot be returned
-        # through wasmtime-py, so refusals and I/O errors raise (a trap the charm sees).
-        full = self.confine(path)
+    def read(self, path: str) -> Record | Variant:
         try:
+            full = self.confine(path)
             fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            return None
+            return _record(exists=False, data=b'')
+        except RollingOpsFileSystemError as e:
+            return _err('file-system', str(e))
         except OSError as e:
-            raise RollingOpsFileSystemError(f'cannot read {path}: {e}') from e
+            return _err('file-system', f'cannot read {path}: {e}')
         with os.fdopen(fd, 'rb') as f:
-            return f.read()
+            return _record(exists=True, data=f.read())
 
     def write(self, path: str, data: bytes, mode: int) -> Variant | None:
         try:
@@ -415,6 +414,14 @@ class Host:
                 return Variant('timed-out')
             return Variant('failed', f'{type(e).__name__}: {e}')
         return None
+
+
+def _record(**fields: object) -> Record:
+    """A WIT record from keyword fields (underscores become the WIT's dashes)."""
+    record = Record()
+    for name, value in fields.items():
+        setattr(record, name.replace('_', '-'), value)
+    return record
 
 
 def _exec_output(code: int, stdout: str, stderr: str, *, timed_out: bool) -> Record:
