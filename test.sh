@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test, from scratch: installs what it needs (the wasm target, Python packages),
+# Every test, from scratch: installs what it needs (the wasm target, etcd, Python packages),
 # then runs the Rust checks and tests (core, component, simulator property search) and
 # the Python host's tests. Usage: ./test.sh   (ROLLINGOPS_SEEDS=10000 ./test.sh for a
 # wider property search).
@@ -11,6 +11,13 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain: wasm32-wasip2 target, rustfmt, clippy"
 rustup target add wasm32-wasip2
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "etcd (Debian's etcd-server, etcd-client) for the real-etcd tests"
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+etcd --version | head -1
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

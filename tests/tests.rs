@@ -4,4 +4,5 @@
 //! * `boundary` — errors, state and the cache across the component boundary.
 
 mod boundary;
+mod etcd;
 mod simulation;

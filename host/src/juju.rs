@@ -150,8 +150,7 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, Ho
         Some(Err(_)) => return Err(fail(Some(0), "writing its stdin failed".into())),
         _ => {}
     }
-    String::from_utf8(output.stdout)
-        .map_err(|_| fail(Some(0), "its output is not UTF-8".into()))
+    String::from_utf8(output.stdout).map_err(|_| fail(Some(0), "its output is not UTF-8".into()))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -173,10 +172,7 @@ fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
-fn run_json<T: serde::de::DeserializeOwned>(
-    tool: &str,
-    args: &[&str],
-) -> Result<T, HookToolError> {
+fn run_json<T: serde::de::DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T, HookToolError> {
     let stdout = run(tool, args, None)?;
     parse_json(tool, args, &stdout)
 }
@@ -602,7 +598,11 @@ impl Host for JujuHost {
         }
     }
 
-    fn secret_add(&mut self, label: &str, content: &[(String, String)]) -> Result<String, WitError> {
+    fn secret_add(
+        &mut self,
+        label: &str,
+        content: &[(String, String)],
+    ) -> Result<String, WitError> {
         Ok(secret_add(label, content)?)
     }
 
@@ -627,16 +627,22 @@ impl Host for JujuHost {
             ))
         })?;
         let log = self.base_dir.join(DISPATCH_LOG);
-        spawn_juju_exec(&juju_exec, &self.env.unit_name, &self.env.charm_dir, event, &log)
-            .map(|_| ())
-            .map_err(|e| {
-                WitError::Host(format!(
-                    "cannot start `{} -u {} {:?}`: {e}",
-                    juju_exec.display(),
-                    self.env.unit_name,
-                    dispatch_command(&self.env.charm_dir, event)
-                ))
-            })
+        spawn_juju_exec(
+            &juju_exec,
+            &self.env.unit_name,
+            &self.env.charm_dir,
+            event,
+            &log,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            WitError::Host(format!(
+                "cannot start `{} -u {} {:?}`: {e}",
+                juju_exec.display(),
+                self.env.unit_name,
+                dispatch_command(&self.env.charm_dir, event)
+            ))
+        })
     }
 
     fn now_micros(&mut self) -> i64 {
@@ -678,7 +684,15 @@ mod tests {
     fn hook_names_that_reach_a_shell_are_plain() {
         assert!(valid_hook_name("rollingops_lock_granted"));
         assert!(valid_hook_name("update-status"));
-        for bad in ["", "Upper", "a b", "x;rm -rf /", "$(id)", "../x", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Upper",
+            "a b",
+            "x;rm -rf /",
+            "$(id)",
+            "../x",
+            &"a".repeat(65),
+        ] {
             assert!(!valid_hook_name(bad), "{bad:?}");
         }
     }
@@ -706,7 +720,9 @@ mod tests {
             error.to_string(),
             "`relation-get -r restart:3 - app/1` failed (exit 1): ERROR permission denied"
         );
-        assert!(matches!(WitError::from(error), WitError::Host(m) if m.contains("permission denied")));
+        assert!(
+            matches!(WitError::from(error), WitError::Host(m) if m.contains("permission denied"))
+        );
         let missing = run("rollingops-no-such-tool", &[], None).unwrap_err();
         assert_eq!(missing.code, None);
         assert!(missing.stderr.contains("not found on PATH"), "{missing}");

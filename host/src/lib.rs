@@ -7,14 +7,19 @@
 //!   logs, dispatch, callbacks); the component sees it through the WIT imports.
 //! * [`sandbox`] — what the host library enforces itself: `exec` only of
 //!   `<charm_dir>/usr/bin/etcdctl`, files only under `base_dir`.
+//! * [`juju`] — the Juju hook tools 1:1 and [`juju::JujuHost`], the host of a real unit.
+//! * [`charm`] — the Rust charm API: [`charm::RollingOpsManager`] with closures as
+//!   callbacks, hook routing and a sync-lock guard.
 //! * [`sim`] — N units in a deterministic in-memory Juju model running the real component.
 //!
 //! The host decides nothing: every decision is the component's.
 
 pub mod bindings;
 pub mod cache;
+pub mod charm;
 pub mod commands;
 pub mod host;
+pub mod juju;
 pub mod runtime;
 pub mod sandbox;
 pub mod sim;

@@ -7,3 +7,7 @@ pub mod etcdctl;
 pub mod keys;
 pub mod queue;
 pub mod txn;
+pub mod worker;
+
+#[cfg(test)]
+mod fake;

@@ -1,0 +1,755 @@
+//! The etcd worker as a sans-IO state machine (spec/etcd.md §6.2, with the fixes of §11).
+//!
+//! The worker competes for the cluster's lock key on behalf of one unit, claims the unit's
+//! next pending operation, asks for the `rollingops_lock_granted` hook (where the charm's
+//! callback runs), waits for the hook to move the operation to `completed`, post-processes
+//! it and releases. A host drives it: [`Worker::poll`] says what to do next
+//! ([`Step`]: an etcdctl call, a sleep, a dispatch, or exit) and [`Worker::handle`] takes the
+//! call's output.
+//!
+//! Differences from the reference, all invisible to other units:
+//! * no 15 s lock polling and no 30 s sleep after a release: contention is retried with a
+//!   short backoff, and after a release the worker yields one backoff before competing again
+//!   so that waiting units get the key first;
+//! * the lease is kept alive with `lease keep-alive --once` between steps (no helper
+//!   process); if the worker dies the lease lapses within its TTL and the key goes with it;
+//! * the worker exits when its unit has nothing pending instead of idling forever, and a
+//!   dispatched hook that never reports back is dispatched again after a timeout;
+//! * an interrupted previous worker's `inprogress`/`completed` entries are recovered rather
+//!   than declared fatal.
+
+use crate::etcd::etcdctl::{self, Failure};
+use crate::etcd::keys::Keys;
+use crate::etcd::txn;
+use crate::op::{Operation, OperationResult};
+
+/// Hook the worker dispatches when the unit holds the lock and has claimed an operation.
+pub const LOCK_GRANTED_HOOK: &str = "rollingops_lock_granted";
+/// Hook the worker dispatches when etcd fails for good.
+pub const ETCD_FAILED_HOOK: &str = "rollingops_etcd_failed";
+
+/// Timing knobs.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Lease TTL in seconds (the reference uses 60).
+    pub lease_ttl: u32,
+    /// Renew the lease at least this often (milliseconds).
+    pub keep_alive_ms: u64,
+    /// First retry delay when the lock is taken (milliseconds); doubles up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    /// Longest retry delay (milliseconds).
+    pub max_backoff_ms: u64,
+    /// Re-dispatch the lock-granted hook if no result arrives within this (milliseconds).
+    pub hook_timeout_ms: u64,
+    /// Retryable etcdctl failures tolerated in a row before giving up.
+    pub retry_budget: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            lease_ttl: 60,
+            keep_alive_ms: 15_000,
+            min_backoff_ms: 100,
+            max_backoff_ms: 1_000,
+            hook_timeout_ms: 600_000,
+            retry_budget: 12,
+        }
+    }
+}
+
+/// One etcdctl invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// First key/value under a prefix.
+    First(String),
+    /// A transaction body.
+    Txn(String),
+    /// `lease grant <ttl>`.
+    LeaseGrant(u32),
+    /// `lease keep-alive --once <id>`.
+    KeepAlive(String),
+    /// `lease revoke <id>`.
+    LeaseRevoke(String),
+}
+
+impl Call {
+    /// etcdctl arguments and stdin.
+    pub fn argv(&self) -> (Vec<String>, Option<String>) {
+        let args = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            Call::First(prefix) => (args(&["get", prefix, "--prefix", "--limit=1"]), None),
+            Call::Txn(body) => (args(&["txn"]), Some(body.clone())),
+            Call::LeaseGrant(ttl) => (args(&["lease", "grant", &ttl.to_string()]), None),
+            Call::KeepAlive(id) => (args(&["lease", "keep-alive", "--once", id]), None),
+            Call::LeaseRevoke(id) => (args(&["lease", "revoke", id]), None),
+        }
+    }
+}
+
+/// What the host should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Run etcdctl and report with [`Worker::handle`].
+    Etcdctl(Call),
+    /// Wait, then poll again.
+    Sleep(u64),
+    /// Run this hook on the unit (returns at once), then poll again.
+    Dispatch(&'static str),
+    /// Stop: `Ok` when there is nothing left to do, `Err` when etcd failed (the worker has
+    /// already asked for the etcd-failed hook).
+    Exit(Result<(), String>),
+}
+
+/// The output of an etcdctl call, as the host saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// Exit code (-1 if killed).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Killed at the timeout.
+    pub timed_out: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    /// Look for work an interrupted worker left in `completed`.
+    RecoverCompleted,
+    /// Look for work an interrupted worker left in `inprogress`.
+    RecoverInProgress,
+    /// Is anything pending?
+    CheckPending,
+    /// Get a lease.
+    ExpectLease,
+    /// Try the lock transaction.
+    ExpectLock,
+    /// Lock taken by someone else: wait.
+    Contended,
+    /// Read the pending head to claim it.
+    ExpectPendingHead,
+    /// Move the head to `inprogress`.
+    ExpectClaim,
+    /// Ask for the hook.
+    DispatchHook,
+    /// Poll `completed`.
+    ExpectCompleted,
+    /// Waiting for the hook to finish.
+    AwaitingHook,
+    /// Requeue or drop the completed op.
+    ExpectPostProcess { release_after: bool },
+    /// Revoke the lease (frees the lock).
+    ExpectRevoke,
+    /// Guarded release transaction (normally a no-op after the revoke).
+    ExpectReleaseTxn,
+    /// Renewing the lease, then resume `resume`.
+    ExpectKeepAlive { resume: Box<State> },
+    /// Asked for the etcd-failed hook; exit next.
+    Failed(String),
+    /// Done.
+    Finished,
+}
+
+/// The worker of one unit.
+pub struct Worker {
+    keys: Keys,
+    owner: String,
+    timing: Timing,
+    state: State,
+    lease: Option<String>,
+    holding: bool,
+    backoff_ms: u64,
+    retries: u32,
+    last_keep_alive_ms: u64,
+    hook_dispatched_at_ms: u64,
+    now_ms: u64,
+    /// The op claimed under the lock, if any.
+    claimed: Option<(String, Operation)>,
+    /// The completed op being post-processed.
+    completed: Option<(String, Operation)>,
+    /// After a release with more work pending, yield once before competing again.
+    yield_before_lock: bool,
+    /// A pause to take before the next step (retryable failure).
+    pending_sleep: Option<u64>,
+    /// How the worker ended.
+    finished: Option<Result<(), String>>,
+    /// Hooks dispatched (for tests and logs).
+    pub dispatched: u32,
+}
+
+impl Worker {
+    /// A worker for `owner` with these keys.
+    pub fn new(keys: Keys, owner: String, timing: Timing, now_ms: u64) -> Self {
+        let backoff_ms = timing.min_backoff_ms;
+        Worker {
+            keys,
+            owner,
+            timing,
+            state: State::RecoverCompleted,
+            lease: None,
+            holding: false,
+            backoff_ms,
+            retries: 0,
+            last_keep_alive_ms: now_ms,
+            hook_dispatched_at_ms: 0,
+            now_ms,
+            claimed: None,
+            completed: None,
+            yield_before_lock: false,
+            pending_sleep: None,
+            finished: None,
+            dispatched: 0,
+        }
+    }
+
+    /// Whether this worker currently holds the lock.
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// What to do next, at time `now_ms` (any monotonic milliseconds).
+    pub fn poll(&mut self, now_ms: u64) -> Step {
+        self.now_ms = now_ms;
+        if let Some(ms) = self.pending_sleep.take() {
+            return Step::Sleep(ms);
+        }
+        let keep_alive_due =
+            now_ms.saturating_sub(self.last_keep_alive_ms) >= self.timing.keep_alive_ms;
+        if let (Some(lease), true, true) = (&self.lease, keep_alive_due, self.waiting_state()) {
+            let lease = lease.clone();
+            let resume = Box::new(std::mem::replace(&mut self.state, State::Finished));
+            self.state = State::ExpectKeepAlive { resume };
+            return Step::Etcdctl(Call::KeepAlive(lease));
+        }
+        match &self.state {
+            State::RecoverCompleted => Step::Etcdctl(Call::First(self.keys.completed.clone())),
+            State::RecoverInProgress => Step::Etcdctl(Call::First(self.keys.inprogress.clone())),
+            State::CheckPending => {
+                if self.yield_before_lock {
+                    self.yield_before_lock = false;
+                    return Step::Sleep(self.timing.max_backoff_ms);
+                }
+                Step::Etcdctl(Call::First(self.keys.pending.clone()))
+            }
+            State::ExpectLease => Step::Etcdctl(Call::LeaseGrant(self.timing.lease_ttl)),
+            State::ExpectLock => {
+                let lease = self.lease.clone().unwrap_or_default();
+                Step::Etcdctl(Call::Txn(txn::acquire(
+                    &self.keys.lock,
+                    &self.owner,
+                    &lease,
+                )))
+            }
+            State::Contended => {
+                let wait = self.backoff_ms;
+                self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+                self.state = State::ExpectLock;
+                Step::Sleep(wait)
+            }
+            State::ExpectPendingHead => Step::Etcdctl(Call::First(self.keys.pending.clone())),
+            State::ExpectClaim => {
+                let (key, op) = self.claimed.clone().expect("claim follows a pending head");
+                let to = format!("{}{}", self.keys.inprogress, op.op_id());
+                Step::Etcdctl(Call::Txn(txn::move_op(
+                    &self.keys.lock,
+                    &self.owner,
+                    &key,
+                    &to,
+                    &op.to_json(),
+                )))
+            }
+            State::DispatchHook => {
+                self.dispatched += 1;
+                self.hook_dispatched_at_ms = now_ms;
+                self.backoff_ms = self.timing.min_backoff_ms;
+                self.state = State::ExpectCompleted;
+                Step::Dispatch(LOCK_GRANTED_HOOK)
+            }
+            State::ExpectCompleted => Step::Etcdctl(Call::First(self.keys.completed.clone())),
+            State::AwaitingHook => {
+                if now_ms.saturating_sub(self.hook_dispatched_at_ms) >= self.timing.hook_timeout_ms
+                {
+                    self.state = State::DispatchHook;
+                    return self.poll(now_ms);
+                }
+                let wait = self.backoff_ms;
+                self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+                self.state = State::ExpectCompleted;
+                Step::Sleep(wait)
+            }
+            State::ExpectPostProcess { .. } => {
+                let (key, op) = self
+                    .completed
+                    .clone()
+                    .expect("post-processing follows a completed op");
+                let body = match op.result {
+                    Some(OperationResult::RetryHold) | Some(OperationResult::RetryRelease) => {
+                        let back = format!("{}{}", self.keys.pending, op.op_id());
+                        txn::move_op(&self.keys.lock, &self.owner, &key, &back, &op.to_json())
+                    }
+                    _ => txn::drop_op(&self.keys.lock, &self.owner, &key),
+                };
+                Step::Etcdctl(Call::Txn(body))
+            }
+            State::ExpectRevoke => match self.lease.clone() {
+                Some(lease) => Step::Etcdctl(Call::LeaseRevoke(lease)),
+                None => {
+                    self.state = State::ExpectReleaseTxn;
+                    self.poll(now_ms)
+                }
+            },
+            State::ExpectReleaseTxn => {
+                Step::Etcdctl(Call::Txn(txn::release(&self.keys.lock, &self.owner)))
+            }
+            State::ExpectKeepAlive { .. } => {
+                Step::Etcdctl(Call::KeepAlive(self.lease.clone().unwrap_or_default()))
+            }
+            State::Failed(why) => {
+                let why = why.clone();
+                self.state = State::Finished;
+                self.finished = Some(Err(why));
+                Step::Dispatch(ETCD_FAILED_HOOK)
+            }
+            State::Finished => Step::Exit(self.finished.clone().unwrap_or(Ok(()))),
+        }
+    }
+
+    fn waiting_state(&self) -> bool {
+        matches!(
+            self.state,
+            State::Contended | State::AwaitingHook | State::ExpectCompleted | State::ExpectLock
+        )
+    }
+
+    /// Report the output of the last [`Step::Etcdctl`].
+    pub fn handle(&mut self, output: Output) {
+        if let Some(failure) = etcdctl::classify(output.code, &output.stderr, output.timed_out) {
+            self.on_failure(failure);
+            return;
+        }
+        self.retries = 0;
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        self.state = match self.advance(state, &output.stdout) {
+            Ok(next) => next,
+            Err(why) => State::Failed(why),
+        };
+    }
+
+    fn on_failure(&mut self, failure: Failure) {
+        match failure {
+            // Retry the same step after a pause.
+            Failure::Retryable(_) if self.retries < self.timing.retry_budget => {
+                self.retries += 1;
+                self.pending_sleep = Some(self.timing.max_backoff_ms);
+            }
+            Failure::Retryable(why) | Failure::Fatal(why) => self.state = State::Failed(why),
+        }
+    }
+
+    fn advance(&mut self, state: State, stdout: &str) -> Result<State, String> {
+        let first = |stdout: &str| etcdctl::parse_first_op(stdout).map_err(|e| e.0);
+        Ok(match state {
+            State::RecoverCompleted => match first(stdout)? {
+                // A previous worker died after the hook finished: post-process it. It holds
+                // no lock any more, so re-acquire first.
+                Some(found) => {
+                    self.completed = Some(found);
+                    State::ExpectLease
+                }
+                None => State::RecoverInProgress,
+            },
+            State::RecoverInProgress => match first(stdout)? {
+                // A claimed op whose hook never reported: run it again under a new lock.
+                Some((key, op)) => {
+                    self.claimed = Some((key, op));
+                    State::ExpectLease
+                }
+                None => State::CheckPending,
+            },
+            State::CheckPending => match first(stdout)? {
+                None => State::Finished,
+                Some(_) if self.holding => State::ExpectPendingHead,
+                Some(_) => State::ExpectLease,
+            },
+            State::ExpectLease => {
+                self.lease = Some(etcdctl::parse_lease_grant(stdout).map_err(|e| e.0)?);
+                self.last_keep_alive_ms = self.now_ms;
+                State::ExpectLock
+            }
+            State::ExpectLock => {
+                if etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                    self.holding = true;
+                    self.backoff_ms = self.timing.min_backoff_ms;
+                    if self.completed.is_some() {
+                        State::ExpectPostProcess {
+                            release_after: true,
+                        }
+                    } else if self.claimed.is_some() {
+                        // A recovered in-progress op: ours again under the new lock.
+                        State::DispatchHook
+                    } else {
+                        State::ExpectPendingHead
+                    }
+                } else {
+                    State::Contended
+                }
+            }
+            State::ExpectPendingHead => match first(stdout)? {
+                Some(found) => {
+                    self.claimed = Some(found);
+                    State::ExpectClaim
+                }
+                None => State::ExpectRevoke,
+            },
+            State::ExpectClaim => {
+                if !etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                    return Err(
+                        "claiming the pending operation failed: the lock is no longer ours".into(),
+                    );
+                }
+                State::DispatchHook
+            }
+            State::ExpectCompleted => match first(stdout)? {
+                Some(found) => {
+                    let release_after = found.1.result != Some(OperationResult::RetryHold);
+                    self.completed = Some(found);
+                    self.claimed = None;
+                    State::ExpectPostProcess { release_after }
+                }
+                None => State::AwaitingHook,
+            },
+            State::ExpectPostProcess { release_after } => {
+                if !etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                    return Err("post-processing the completed operation failed: the lock is no longer ours".into());
+                }
+                self.completed = None;
+                if release_after {
+                    State::ExpectRevoke
+                } else {
+                    State::ExpectPendingHead
+                }
+            }
+            State::ExpectRevoke => {
+                self.lease = None;
+                State::ExpectReleaseTxn
+            }
+            State::ExpectReleaseTxn => {
+                self.holding = false;
+                self.yield_before_lock = true;
+                State::CheckPending
+            }
+            State::ExpectKeepAlive { resume } => {
+                self.last_keep_alive_ms = self.now_ms;
+                *resume
+            }
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::fake::FakeEtcd;
+    use crate::etcd::keys::owner;
+    use crate::etcd::queue::finalize;
+    use crate::timestamp::Timestamp;
+
+    /// One unit: its worker, the results its callback returns in turn, and its runs.
+    struct Unit {
+        owner: String,
+        keys: Keys,
+        worker: Option<Worker>,
+        wake_at: u64,
+        results: Vec<OperationResult>,
+        hook_at: Option<u64>,
+        runs: Vec<(u64, u64)>,
+        exit: Option<Result<(), String>>,
+    }
+
+    const CALLBACK_MS: u64 = 2_000;
+    const HOOK_DELAY_MS: u64 = 300;
+    const ETCDCTL_MS: u64 = 20;
+
+    fn unit(etcd: &mut FakeEtcd, name: &str, ops: usize, results: Vec<OperationResult>) -> Unit {
+        let owner = owner("model", name);
+        let keys = Keys::new("c1", &owner);
+        for i in 0..ops {
+            let op = Operation::new(
+                "restart",
+                Default::default(),
+                Some(5),
+                Timestamp::from_micros(1_777_636_800_000_000 + i as i64),
+            );
+            etcd.put(&format!("{}{}", keys.pending, op.op_id()), &op.to_json());
+        }
+        let worker = Worker::new(keys.clone(), owner.clone(), Timing::default(), etcd.now_ms);
+        Unit {
+            owner,
+            keys,
+            worker: Some(worker),
+            wake_at: 0,
+            results,
+            hook_at: None,
+            runs: vec![],
+            exit: None,
+        }
+    }
+
+    /// The lock-granted hook: run the claimed op's callback and finalize it under the lock.
+    fn run_hook(etcd: &mut FakeEtcd, unit: &mut Unit) {
+        let Some((key, op)) = etcd
+            .first(&unit.keys.inprogress)
+            .map(|(k, v)| (k, Operation::from_json(&v).unwrap()))
+        else {
+            return;
+        };
+        assert_eq!(
+            etcd.get(&unit.keys.lock),
+            Some(unit.owner.as_str()),
+            "a hook ran without the lock"
+        );
+        let start = etcd.now_ms;
+        unit.runs.push((start, start + CALLBACK_MS));
+        etcd.advance(CALLBACK_MS);
+        let result = if unit.results.is_empty() {
+            OperationResult::Release
+        } else {
+            unit.results.remove(0)
+        };
+        let done = finalize(&op, result);
+        let to = format!("{}{}", unit.keys.completed, done.op_id());
+        let _ = etcd.run(&Call::Txn(txn::move_op(
+            &unit.keys.lock,
+            &unit.owner,
+            &key,
+            &to,
+            &done.to_json(),
+        )));
+    }
+
+    /// Run every unit until all workers exit (or `limit_ms` passes).
+    fn run(etcd: &mut FakeEtcd, units: &mut [Unit], limit_ms: u64) {
+        while etcd.now_ms < limit_ms {
+            let Some(index) = (0..units.len())
+                .filter(|i| units[*i].worker.is_some() || units[*i].hook_at.is_some())
+                .min_by_key(|i| units[*i].hook_at.unwrap_or(u64::MAX).min(units[*i].wake_at))
+            else {
+                return;
+            };
+            let unit = &mut units[index];
+            let next = unit.hook_at.unwrap_or(u64::MAX).min(unit.wake_at);
+            if next > etcd.now_ms {
+                etcd.advance(next - etcd.now_ms);
+            }
+            if unit.hook_at.is_some_and(|at| at <= etcd.now_ms) {
+                unit.hook_at = None;
+                run_hook(etcd, unit);
+                continue;
+            }
+            let Some(worker) = unit.worker.as_mut() else {
+                continue;
+            };
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => {
+                    let output = etcd.run(&call);
+                    worker.handle(output);
+                    unit.wake_at = etcd.now_ms + ETCDCTL_MS;
+                }
+                Step::Sleep(ms) => unit.wake_at = etcd.now_ms + ms,
+                Step::Dispatch(hook) => {
+                    if hook == LOCK_GRANTED_HOOK {
+                        unit.hook_at = Some(etcd.now_ms + HOOK_DELAY_MS);
+                    }
+                    unit.wake_at = etcd.now_ms;
+                }
+                Step::Exit(result) => {
+                    unit.exit = Some(result);
+                    unit.worker = None;
+                }
+            }
+        }
+    }
+
+    fn assert_exclusive(units: &[Unit]) {
+        let mut all: Vec<(u64, u64, &str)> = units
+            .iter()
+            .flat_map(|u| u.runs.iter().map(move |(a, b)| (*a, *b, u.owner.as_str())))
+            .collect();
+        all.sort();
+        for pair in all.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "overlap: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    #[test]
+    fn one_unit_runs_its_ops_then_exits_and_frees_the_lock() {
+        let mut etcd = FakeEtcd::default();
+        let mut units = [unit(&mut etcd, "app/0", 2, vec![])];
+        run(&mut etcd, &mut units, 600_000);
+        assert_eq!(units[0].exit, Some(Ok(())));
+        assert_eq!(units[0].runs.len(), 2);
+        assert_eq!(etcd.get(&units[0].keys.lock), None);
+        assert!(etcd.kv.is_empty(), "queues drained: {:?}", etcd.kv);
+    }
+
+    #[test]
+    fn contending_units_take_turns_without_long_polls() {
+        let mut etcd = FakeEtcd::default();
+        let mut units: Vec<Unit> = (0..5)
+            .map(|i| unit(&mut etcd, &format!("app/{i}"), 1, vec![]))
+            .collect();
+        run(&mut etcd, &mut units, 600_000);
+        assert_exclusive(&units);
+        assert!(
+            units
+                .iter()
+                .all(|u| u.exit == Some(Ok(())) && u.runs.len() == 1)
+        );
+        let mut runs: Vec<(u64, u64)> = units.iter().flat_map(|u| u.runs.clone()).collect();
+        runs.sort();
+        for pair in runs.windows(2) {
+            let gap = pair[1].0 - pair[0].1;
+            // Release, next contender's backoff (≤ 1 s), claim, dispatch, hook delay.
+            assert!(gap < 2_000, "hand-off took {gap} ms");
+        }
+    }
+
+    #[test]
+    fn retry_hold_keeps_the_lock_and_retry_release_lets_others_in() {
+        let mut etcd = FakeEtcd::default();
+        use OperationResult::*;
+        let mut units = vec![
+            unit(&mut etcd, "app/0", 1, vec![RetryHold, RetryHold, Release]),
+            unit(&mut etcd, "app/1", 1, vec![]),
+        ];
+        run(&mut etcd, &mut units, 600_000);
+        assert_exclusive(&units);
+        let first_other = units[1].runs[0].0;
+        assert_eq!(units[0].runs.len(), 3);
+        assert!(
+            units[0].runs.iter().all(|r| r.1 <= first_other),
+            "a held lock let another unit in"
+        );
+        assert!(units[0].worker.is_none() && units[1].worker.is_none());
+    }
+
+    #[test]
+    fn a_dead_holders_lease_lapses_and_the_next_unit_proceeds() {
+        let mut etcd = FakeEtcd::default();
+        let mut units = [
+            unit(&mut etcd, "app/0", 1, vec![]),
+            unit(&mut etcd, "app/1", 1, vec![]),
+        ];
+        // app/0 takes the lock, then its worker dies before the hook runs.
+        while etcd.get(&units[0].keys.lock).is_none() {
+            let until = etcd.now_ms + 10;
+            run(&mut etcd, &mut units[..1], until);
+        }
+        units[0].worker = None;
+        units[0].hook_at = None;
+        let died_at = etcd.now_ms;
+        run(&mut etcd, &mut units[1..], 600_000);
+        assert_eq!(units[1].runs.len(), 1);
+        assert!(
+            units[1].runs[0].0 >= died_at + 60_000 - 1_000,
+            "the lock outlived its lease"
+        );
+        assert!(
+            units[1].runs[0].0 <= died_at + 62_000,
+            "the next unit waited too long"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_claim_is_recovered_by_the_next_worker() {
+        let mut etcd = FakeEtcd::default();
+        let mut units = vec![unit(&mut etcd, "app/0", 1, vec![])];
+        while etcd.first(&units[0].keys.inprogress).is_none() {
+            let until = etcd.now_ms + 10;
+            run(&mut etcd, &mut units, until);
+        }
+        // The worker and its hook die; the lease lapses.
+        units[0].worker = None;
+        units[0].hook_at = None;
+        etcd.advance(61_000);
+        let keys = units[0].keys.clone();
+        units[0].worker = Some(Worker::new(
+            keys,
+            units[0].owner.clone(),
+            Timing::default(),
+            etcd.now_ms,
+        ));
+        run(&mut etcd, &mut units, 600_000);
+        assert_eq!(units[0].runs.len(), 1);
+        assert_eq!(units[0].exit, Some(Ok(())));
+        assert!(etcd.kv.is_empty());
+    }
+
+    #[test]
+    fn etcd_down_exhausts_retries_then_asks_for_the_failed_hook() {
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        etcd.unavailable = true;
+        let worker = u.worker.as_mut().unwrap();
+        let mut steps = Vec::new();
+        for _ in 0..100 {
+            let step = worker.poll(etcd.now_ms);
+            match &step {
+                Step::Etcdctl(call) => worker.handle(etcd.run(call)),
+                Step::Sleep(ms) => etcd.advance(*ms),
+                Step::Dispatch(_) => {}
+                Step::Exit(_) => {
+                    steps.push(step);
+                    break;
+                }
+            }
+            steps.push(step);
+        }
+        assert!(steps.contains(&Step::Dispatch(ETCD_FAILED_HOOK)));
+        assert!(matches!(steps.last(), Some(Step::Exit(Err(why))) if why.contains("deadline")));
+        let attempts = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Etcdctl(_)))
+            .count();
+        assert_eq!(attempts as u32, Timing::default().retry_budget + 1);
+    }
+
+    #[test]
+    fn fatal_errors_do_not_retry() {
+        let mut worker = Worker::new(Keys::new("c", "o"), "o".into(), Timing::default(), 0);
+        assert!(matches!(worker.poll(0), Step::Etcdctl(_)));
+        worker.handle(Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: "Error: x509: certificate signed by unknown authority".into(),
+            timed_out: false,
+        });
+        assert_eq!(worker.poll(0), Step::Dispatch(ETCD_FAILED_HOOK));
+        assert!(matches!(worker.poll(0), Step::Exit(Err(why)) if why.contains("x509")));
+    }
+
+    #[test]
+    fn call_argv() {
+        assert_eq!(
+            Call::First("/p/".into()).argv().0,
+            ["get", "/p/", "--prefix", "--limit=1"]
+        );
+        assert_eq!(
+            Call::KeepAlive("ab".into()).argv().0,
+            ["lease", "keep-alive", "--once", "ab"]
+        );
+        let (args, stdin) = Call::Txn("body".into()).argv();
+        assert_eq!(
+            (args, stdin.as_deref()),
+            (vec!["txn".to_string()], Some("body"))
+        );
+    }
+}

@@ -1,0 +1,3 @@
+module github.com/rollingops/rollingops/host/go
+
+go 1.24
