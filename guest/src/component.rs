@@ -5,6 +5,7 @@ use std::cell::RefCell;
 
 use crate::driver::{self, BagOwner, Effects};
 use crate::error::Error;
+use crate::etcd::worker::Output;
 use crate::manager::{CallbackOutcome, Config, Event, LogLevel, Manager, Status, SyncBackendError};
 use crate::timestamp::Timestamp;
 use crate::wire::{Backend, Bag};
@@ -16,7 +17,7 @@ wit_bindgen::generate!({
 
 use exports::juju::rollingops::api::{Guest, GuestManager, Manager as ManagerHandle};
 use juju::rollingops::types as wit;
-use juju::rollingops::{charm, clock, juju as hook};
+use juju::rollingops::{charm, clock, files, juju as hook, process};
 
 struct Component;
 
@@ -90,7 +91,7 @@ impl GuestManager for ManagerResource {
     }
 
     fn state(&self) -> Result<wit::State, wit::Error> {
-        let state = self.with(|m, _| driver::state(m))?;
+        let state = self.with(|m, fx| driver::state(m, fx))?;
         Ok(wit::State {
             status: match state.status {
                 Status::NotReady => wit::Status::NotReady,
@@ -126,9 +127,7 @@ impl GuestManager for ManagerResource {
     }
 
     fn run_worker(&self) -> Result<(), wit::Error> {
-        Err(to_wit(Error::EtcdNotConfigured(
-            "the etcd worker is not available: this build coordinates through the peer relation only".into(),
-        )))
+        driver::run_worker(&self.config, &mut Imports).map_err(to_wit)
     }
 
     fn describe(&self) -> Result<String, wit::Error> {
@@ -211,6 +210,47 @@ impl Effects for Imports {
 
     fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError> {
         charm::sync_backend_release(id).map_err(sync_error)
+    }
+
+    fn model_uuid(&mut self) -> String {
+        hook::model_uuid()
+    }
+
+    fn run_etcdctl(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        stdin: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let out = process::run_etcdctl(args, env, stdin, timeout_ms).map_err(from_wit)?;
+        Ok(Output {
+            code: out.code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            timed_out: out.timed_out,
+        })
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        let found = files::read(path).map_err(from_wit)?;
+        Ok(found.exists.then_some(found.data))
+    }
+
+    fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<(), Error> {
+        files::write(path, data, mode).map_err(from_wit)
+    }
+
+    fn remove_file(&mut self, path: &str) -> Result<(), Error> {
+        files::remove(path).map_err(from_wit)
+    }
+
+    fn start_worker(&mut self) -> Result<(), Error> {
+        process::start_worker().map_err(from_wit)
+    }
+
+    fn sleep_ms(&mut self, ms: u64) {
+        clock::sleep_ms(ms)
     }
 }
 

@@ -3,9 +3,13 @@
 //! of the WIT imports; the component implements it with them, tests with memory.
 
 use crate::error::Error;
+use crate::etcd::config::{ETCDCTL_JSON, SERVER_CA, environment};
+use crate::etcd::etcdctl::{self, Failure};
+use crate::etcd::keys;
+use crate::etcd::worker::{self, Call, Output, Step, Timing, Worker};
 use crate::manager::{
-    CallbackOutcome, Command, Config, Event, HookContext, LogLevel, Manager, PeerData, State,
-    SyncBackendError, sync_acquire_error, sync_release_error,
+    CallbackOutcome, Command, Config, EtcdContext, EtcdFacts, Event, HookContext, LogLevel,
+    Manager, PeerData, State, SyncBackendError, sync_acquire_error, sync_release_error,
 };
 use crate::timestamp::Timestamp;
 use crate::wire::Bag;
@@ -54,6 +58,46 @@ pub trait Effects {
     ) -> Result<(), SyncBackendError>;
     /// Release a charm sync-lock backend.
     fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError>;
+    /// The model's UUID.
+    fn model_uuid(&mut self) -> String {
+        String::new()
+    }
+    /// Run `etcdctl` (the host refuses any other program).
+    fn run_etcdctl(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        stdin: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let _ = (args, env, stdin, timeout_ms);
+        Err(Error::Etcdctl("this host cannot run etcdctl".into()))
+    }
+    /// Read a file under base_dir; `None` if it does not exist.
+    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        let _ = path;
+        Ok(None)
+    }
+    /// Create or replace a file under base_dir.
+    fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<(), Error> {
+        let _ = (path, data, mode);
+        Err(Error::FileSystem("this host has no files".into()))
+    }
+    /// Remove a file under base_dir (missing is fine).
+    fn remove_file(&mut self, path: &str) -> Result<(), Error> {
+        let _ = path;
+        Ok(())
+    }
+    /// Start this unit's etcd worker unless one runs.
+    fn start_worker(&mut self) -> Result<(), Error> {
+        Err(Error::EtcdNotConfigured(
+            "this host cannot start the etcd worker".into(),
+        ))
+    }
+    /// Block.
+    fn sleep_ms(&mut self, ms: u64) {
+        let _ = ms;
+    }
 }
 
 /// Read this hook's snapshot and build the manager.
@@ -86,6 +130,16 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
             })
         }
     };
+    let etcd = match (&config.etcd_relation_name, &config.cluster_id) {
+        (Some(endpoint), Some(cluster)) if !cluster.is_empty() => {
+            let etcd_managed = peer
+                .as_ref()
+                .and_then(|p| p.local.get(crate::wire::PROCESSING_BACKEND))
+                .is_some_and(|b| b == "etcd");
+            Some(load_etcd(fx, endpoint, cluster, &unit, etcd_managed)?)
+        }
+        _ => None,
+    };
     Manager::new(
         config,
         HookContext {
@@ -93,8 +147,97 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
             unit,
             leader,
             peer,
+            etcd,
         },
     )
+}
+
+/// What the hook knows about etcd: relation, configuration, and (for an etcd-managed unit)
+/// the lock and this unit's queues.
+fn load_etcd(
+    fx: &mut impl Effects,
+    endpoint: &str,
+    cluster_id: &str,
+    unit: &str,
+    read_facts: bool,
+) -> Result<EtcdContext, Error> {
+    let relation = !fx.relation_ids(endpoint)?.is_empty();
+    let environment = match (fx.read_file(ETCDCTL_JSON), fx.read_file(SERVER_CA)) {
+        (Ok(Some(config)), Ok(Some(_))) => environment(&String::from_utf8_lossy(&config)),
+        (Ok(None), _) => Err(format!(
+            "etcdctl config file does not exist: {ETCDCTL_JSON}"
+        )),
+        (_, Ok(None)) => Err(format!(
+            "etcdctl server CA file does not exist: {SERVER_CA}"
+        )),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    let model_uuid = fx.model_uuid();
+    let mut context = EtcdContext {
+        model_uuid,
+        cluster_id: cluster_id.to_string(),
+        relation,
+        environment,
+        facts: None,
+    };
+    if read_facts && context.unusable().is_none() {
+        let env = context.environment.clone().unwrap_or_default();
+        let (owner, keys) = context.identity(unit);
+        let _ = owner;
+        let mut read = |call: Call| run_with_retries(fx, &call, &env, HOOK_ATTEMPTS);
+        let facts = (|| -> Result<EtcdFacts, String> {
+            let holder = read(Call::Value(keys.lock.clone()))?;
+            let first = |out: String| etcdctl::parse_first_op(&out).map_err(|e| e.0);
+            Ok(EtcdFacts {
+                lock_holder: Some(holder.trim().to_string()).filter(|h| !h.is_empty()),
+                inprogress: first(read(Call::First(keys.inprogress.clone()))?)?,
+                pending_head: first(read(Call::First(keys.pending.clone()))?)?,
+            })
+        })();
+        context.facts = Some(facts);
+    }
+    Ok(context)
+}
+
+/// etcdctl attempts a hook makes before giving up on a transient failure (a hook must not
+/// stall for minutes as the reference's 12 × 5 s can).
+const HOOK_ATTEMPTS: u32 = 3;
+/// Per-invocation timeout.
+const ETCDCTL_TIMEOUT_MS: u32 = 15_000;
+
+/// Run one etcdctl call, retrying transient failures up to `attempts` times.
+fn run_with_retries(
+    fx: &mut impl Effects,
+    call: &Call,
+    env: &[(String, String)],
+    attempts: u32,
+) -> Result<String, String> {
+    let (args, stdin) = call.argv();
+    run_args_with_retries(fx, &args, stdin.as_deref(), env, attempts)
+}
+
+fn run_args_with_retries(
+    fx: &mut impl Effects,
+    args: &[String],
+    stdin: Option<&str>,
+    env: &[(String, String)],
+    attempts: u32,
+) -> Result<String, String> {
+    let mut last = String::new();
+    for attempt in 0..attempts.max(1) {
+        if attempt > 0 {
+            fx.sleep_ms(500);
+        }
+        let output = fx
+            .run_etcdctl(args, env, stdin, ETCDCTL_TIMEOUT_MS)
+            .map_err(|e| e.to_string())?;
+        match etcdctl::classify(output.code, &output.stderr, output.timed_out) {
+            None => return Ok(output.stdout),
+            Some(Failure::Fatal(why)) => return Err(why),
+            Some(Failure::Retryable(why)) => last = why,
+        }
+    }
+    Err(last)
 }
 
 /// Carry out every pending command. A failed databag write fails the hook (Juju then
@@ -122,10 +265,102 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                     );
                 }
             }
+            Command::Etcdctl {
+                args,
+                stdin,
+                env,
+                purpose,
+            } => {
+                let result =
+                    run_args_with_retries(fx, &args, stdin.as_deref(), &env, HOOK_ATTEMPTS);
+                manager.handle_etcdctl_result(purpose, result);
+            }
+            Command::StartWorker => {
+                let _ = fx.remove_file(worker::STOP_FILE);
+                if let Err(e) = fx.start_worker() {
+                    manager.handle_worker_start_failed(&e.to_string());
+                }
+            }
+            Command::StopWorker => {
+                if let Err(e) = fx.write_file(worker::STOP_FILE, b"stop\n", 0o644) {
+                    fx.log(
+                        LogLevel::Warning,
+                        &format!("Could not ask the etcd worker to stop: {e}"),
+                    );
+                }
+            }
             Command::Log { level, message } => fx.log(level, &message),
         }
     }
     Ok(())
+}
+
+/// The etcd worker process's loop (`run-worker`): drive [`Worker`] until it exits.
+pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
+    let cluster_id = config
+        .cluster_id
+        .clone()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Error::EtcdNotConfigured("the etcd worker needs a cluster id".into()))?;
+    let unit = fx.unit_name();
+    let owner = keys::owner(&fx.model_uuid(), &unit);
+    let env = match fx.read_file(ETCDCTL_JSON)? {
+        Some(content) => {
+            environment(&String::from_utf8_lossy(&content)).map_err(Error::EtcdNotConfigured)?
+        }
+        None => {
+            return Err(Error::EtcdNotConfigured(format!(
+                "etcdctl config file does not exist: {ETCDCTL_JSON}"
+            )));
+        }
+    };
+    let start = fx.now();
+    let mut worker = Worker::new(
+        keys::Keys::new(&cluster_id, &owner),
+        owner.clone(),
+        Timing::default(),
+        0,
+    );
+    fx.log(
+        LogLevel::Info,
+        &format!("etcd worker started for {owner} on cluster {cluster_id}."),
+    );
+    loop {
+        let now = (fx.now().micros() - start.micros()).max(0) as u64 / 1000;
+        match worker.poll(now) {
+            Step::Etcdctl(call) => {
+                let (args, stdin) = call.argv();
+                let output = fx.run_etcdctl(&args, &env, stdin.as_deref(), ETCDCTL_TIMEOUT_MS);
+                worker.handle(output.unwrap_or_else(|e| Output {
+                    code: 127,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                    timed_out: false,
+                }));
+            }
+            Step::Sleep(ms) => {
+                if fx.read_file(worker::STOP_FILE)?.is_some() {
+                    fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
+                    worker.stop();
+                    continue;
+                }
+                fx.sleep_ms(ms);
+            }
+            Step::Dispatch(event) => {
+                if let Err(e) = fx.dispatch(event) {
+                    fx.log(LogLevel::Error, &format!("Could not dispatch {event}: {e}"));
+                }
+            }
+            Step::Exit(Ok(())) => {
+                fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
+                return Ok(());
+            }
+            Step::Exit(Err(why)) => {
+                fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
+                return Err(Error::Etcdctl(why));
+            }
+        }
+    }
 }
 
 /// `request_async_lock` end to end.
@@ -153,8 +388,10 @@ pub fn handle_event(
 }
 
 /// `state`.
-pub fn state(manager: &Manager) -> Result<State, Error> {
-    manager.state()
+pub fn state(manager: &mut Manager, fx: &mut impl Effects) -> Result<State, Error> {
+    let result = manager.state();
+    drive(manager, fx)?;
+    result
 }
 
 /// `is_waiting*`, reading the asked unit's bag if this hook has not.

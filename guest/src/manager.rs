@@ -18,6 +18,9 @@ use crate::scheduler::{next_grant, release_reason};
 use crate::timestamp::Timestamp;
 use crate::wire::{self, Backend, Bag, Grant, Intent, LockState, UnitRecord};
 
+mod etcd_mode;
+pub use etcd_mode::{EtcdContext, EtcdFacts, EtcdPurpose};
+
 /// The custom hook the manager dispatches to wake a unit up for its turn.
 pub const LOCK_GRANTED_HOOK: &str = "rollingops_lock_granted";
 
@@ -107,6 +110,8 @@ pub struct HookContext {
     pub leader: bool,
     /// The peer relation, if it exists.
     pub peer: Option<PeerData>,
+    /// etcd, when the charm configured an etcd relation name and a cluster id.
+    pub etcd: Option<EtcdContext>,
 }
 
 /// Severity of a log line.
@@ -157,6 +162,23 @@ pub enum Command {
         /// Hook name.
         event: String,
     },
+    /// Run etcdctl (retrying transient failures) and answer with
+    /// [`Manager::handle_etcdctl_result`].
+    Etcdctl {
+        /// Arguments after `etcdctl`.
+        args: Vec<String>,
+        /// Standard input.
+        stdin: Option<String>,
+        /// The etcdctl environment.
+        env: Vec<(String, String)>,
+        /// What the call is for.
+        purpose: EtcdPurpose,
+    },
+    /// Make sure this unit's etcd worker runs (clearing any stop request); answer failures
+    /// with [`Manager::handle_worker_start_failed`].
+    StartWorker,
+    /// Ask this unit's etcd worker to release and exit.
+    StopWorker,
     /// Write a log line.
     Log {
         /// Severity.
@@ -225,6 +247,9 @@ pub struct Manager {
     commands: VecDeque<Command>,
     /// The grant the running callback executes under.
     awaiting: Option<Grant>,
+    /// The etcd op (key, op) the running callback executes.
+    awaiting_etcd: Option<(String, Operation)>,
+    etcd: Option<EtcdContext>,
     callback_ran: bool,
     dispatched: bool,
 }
@@ -268,6 +293,8 @@ impl Manager {
             peer,
             commands: VecDeque::new(),
             awaiting: None,
+            awaiting_etcd: None,
+            etcd: context.etcd,
             callback_ran: false,
             dispatched: false,
         })
@@ -352,35 +379,46 @@ impl Manager {
             other => other.map(|n| n as u64),
         };
         let local = self.local_record();
-        let mut queue = local.queue.map_err(|e| {
+        let mut queue = local.queue.clone().map_err(|e| {
             Error::InvalidLockRequest(format!(
                 "{FAILED}: this unit's stored queue cannot be decoded ({}); it was left untouched",
                 e.0
             ))
         })?;
         let head_started = queue.head().is_some_and(|head| head.attempt > 0);
+        let etcd_selected = self.etcd_selected(&local);
         let op = Operation::new(callback_id, kwargs, max_retry, self.now);
         let mut pairs = Vec::new();
-        match queue.enqueue(op, head_started) {
+        let mut appended = None;
+        match queue.enqueue(op.clone(), head_started) {
             Enqueued::Duplicate => self.log(
                 LogLevel::Info,
                 format!("An identical {callback_id:?} request is already queued and not started; not adding another."),
             ),
             Enqueued::Appended => {
-                let intent = match (queue.len(), local.intent) {
+                let intent = match (queue.len(), local.intent.clone()) {
                     (1, _) | (_, Ok(Intent::Idle)) | (_, Err(_)) => Intent::Request,
                     (_, Ok(intent)) => intent,
                 };
                 pairs.push((wire::OPERATIONS.to_string(), queue.encode()));
                 pairs.push((wire::STATE.to_string(), intent.as_str().to_string()));
+                appended = Some(op);
                 self.log(LogLevel::Info, format!("Queued {callback_id:?} ({} queued on this unit).", queue.len()));
             }
         }
-        pairs.push((
-            wire::PROCESSING_BACKEND.to_string(),
-            Backend::Peer.as_str().to_string(),
-        ));
-        pairs.push((wire::ETCD_CLEANUP_NEEDED.to_string(), "true".to_string()));
+        if etcd_selected {
+            let fields = self.etcd_enqueue(&local, appended.as_ref());
+            pairs.extend(fields);
+        } else {
+            pairs.push((
+                wire::PROCESSING_BACKEND.to_string(),
+                Backend::Peer.as_str().to_string(),
+            ));
+            pairs.push((wire::ETCD_CLEANUP_NEEDED.to_string(), "true".to_string()));
+            if self.etcd.is_some() && !local.peer_managed() {
+                self.commands.push_back(Command::StopWorker);
+            }
+        }
         self.set_local(pairs);
         self.advance(false);
         Ok(())
@@ -401,18 +439,24 @@ impl Manager {
                 peer.remotes.retain(|r| r.name != departing);
                 self.advance(true);
             }
+            Event::LockGranted | Event::UpdateStatus if !self.local_record().peer_managed() => {
+                self.etcd_turn(event == Event::UpdateStatus);
+                self.advance(true);
+            }
             Event::PeerRelationChanged
             | Event::LeaderElected
             | Event::UpdateStatus
             | Event::LockGranted => self.advance(true),
-            Event::EtcdFailed => self.advance(true),
+            Event::EtcdFailed => {
+                self.fall_back("the etcd worker reported a failure");
+                self.advance(true);
+            }
             Event::EtcdRelationCreated
             | Event::EtcdRelationChanged
             | Event::EtcdRelationBroken
             | Event::SecretChanged(_) => self.log(
                 LogLevel::Debug,
-                "etcd events are ignored: this build coordinates through the peer relation only."
-                    .into(),
+                "etcd relation events need the etcd client identity, which this build does not manage yet.".into(),
             ),
         }
         Ok(())
@@ -420,17 +464,36 @@ impl Manager {
 
     /// The host's answer to [`Command::RunCallback`]; `now` is the clock after it returned.
     pub fn handle_callback_result(&mut self, outcome: CallbackOutcome, now: Timestamp) {
+        self.now = now;
+        if let Some((key, op)) = self.awaiting_etcd.take() {
+            let result = self.map_outcome(&op.callback_id, outcome);
+            self.etcd_record(result, &key, &op);
+            self.advance(false);
+            return;
+        }
         let Some(grant) = self.awaiting.take() else {
             return;
         };
-        self.now = now;
         let head = self
             .local_record()
             .queue
             .ok()
             .and_then(|q| q.head().map(|h| h.callback_id.clone()));
         let id = head.unwrap_or_default();
-        let result = match outcome {
+        let result = self.map_outcome(&id, outcome);
+        self.record(result, &grant);
+        self.advance(false);
+    }
+
+    /// A failed [`Command::StartWorker`]: without a worker etcd cannot run this unit's
+    /// queue, so hand it back to the peer relation.
+    pub fn handle_worker_start_failed(&mut self, why: &str) {
+        self.fall_back(&format!("the etcd worker could not be started: {why}"));
+        self.advance(false);
+    }
+
+    fn map_outcome(&mut self, id: &str, outcome: CallbackOutcome) -> OperationResult {
+        match outcome {
             CallbackOutcome::Returned(value) => OperationResult::from_returned(value.as_deref()),
             CallbackOutcome::Raised(description) => {
                 self.log(
@@ -446,22 +509,31 @@ impl Manager {
                 );
                 OperationResult::Release
             }
-        };
-        self.record(result, &grant);
-        self.advance(false);
+        }
     }
 
     // ---------------------------------------------------------------------------------
     // Queries
 
     /// `state` (spec/peer.md §1.4, with `granted` only until the holder has run, §8 W16).
-    pub fn state(&self) -> Result<State, Error> {
+    pub fn state(&mut self) -> Result<State, Error> {
         let Some(_) = &self.peer else {
             return Ok(State {
                 status: Status::NotReady,
                 processing_backend: Backend::Peer,
             });
         };
+        if !self.local_record().peer_managed() {
+            match self.etcd_status() {
+                Some(status) => {
+                    return Ok(State {
+                        status,
+                        processing_backend: Backend::Etcd,
+                    });
+                }
+                None => self.fall_back("etcd is not ready"),
+            }
+        }
         let local = self.local_record();
         let processing_backend = local.backend.clone().unwrap_or(Backend::Peer);
         let status = if self.should_run().is_some() {
@@ -535,6 +607,7 @@ impl Manager {
                 "generation": g.seq,
             })),
             "units": units,
+            "etcd": self.describe_etcd(),
             "remote_units_not_read": peer.remote_units.iter()
                 .filter(|u| !peer.remotes.iter().any(|r| &r.name == *u)).collect::<Vec<_>>(),
         })
@@ -556,10 +629,18 @@ impl Manager {
     /// Schedule (leader), run this unit's turn inline when it holds the lock (at most one
     /// callback per hook), and ask for a fresh hook when another turn is due.
     fn advance(&mut self, inline: bool) {
-        if self.peer.is_none() || self.awaiting.is_some() {
+        if self.peer.is_none() || self.awaiting.is_some() || self.awaiting_etcd.is_some() {
             return;
         }
-        self.fall_back_from_etcd();
+        if !self.local_record().peer_managed() {
+            let why = match &self.etcd {
+                None => Some("this hook has no etcd cluster id".to_string()),
+                Some(etcd) => etcd.unusable(),
+            };
+            if let Some(why) = why {
+                self.fall_back(&why);
+            }
+        }
         loop {
             if self.leader {
                 self.schedule();
@@ -575,24 +656,6 @@ impl Manager {
                 Execution::CallbackStarted => return,
                 Execution::Recorded => continue,
             }
-        }
-    }
-
-    /// This build cannot drive etcd, so a unit left etcd-managed (by an earlier library
-    /// version) hands its queue back to the peer scheduler instead of stranding it.
-    fn fall_back_from_etcd(&mut self) {
-        if !self.local_record().peer_managed() {
-            self.log(
-                LogLevel::Warning,
-                "Unit was etcd-managed; falling back to the peer relation.".into(),
-            );
-            self.set_local(vec![
-                (
-                    wire::PROCESSING_BACKEND.into(),
-                    Backend::Peer.as_str().into(),
-                ),
-                (wire::ETCD_CLEANUP_NEEDED.into(), "true".into()),
-            ]);
         }
     }
 

@@ -41,6 +41,13 @@ pub trait Host: Send {
         let _ = (label, content);
         Err(Error::Host("secrets are not available in this host".into()))
     }
+    /// Start this unit's etcd worker in a detached process unless one runs (the component
+    /// decides when; the host only carries it out).
+    fn start_worker(&mut self) -> Result<(), Error> {
+        Err(Error::EtcdNotConfigured(
+            "this host cannot start the etcd worker".into(),
+        ))
+    }
     /// A log line (`juju-log`).
     fn log(&mut self, level: LogLevel, message: &str);
     /// Run a hook on this unit after the current one (`juju-exec`), without waiting.

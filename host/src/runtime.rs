@@ -345,6 +345,9 @@ impl process::Host for StoreData {
         self.sandbox
             .run_etcdctl(&args, &env, stdin.as_deref(), timeout)
     }
+    fn start_worker(&mut self) -> Result<(), wit::Error> {
+        self.host.start_worker()
+    }
 }
 
 impl files::Host for StoreData {

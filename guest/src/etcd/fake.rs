@@ -119,6 +119,7 @@ impl FakeEtcd {
                 .first(prefix)
                 .map(|(k, v)| format!("{k}\n{v}\n"))
                 .unwrap_or_default()),
+            Call::Value(key) => ok(self.get(key).map(|v| format!("{v}\n")).unwrap_or_default()),
             Call::LeaseGrant(ttl) => {
                 self.next_lease += 1;
                 let id = 0x694d_9c9a_eca3_4200 + self.next_lease;

@@ -3,6 +3,7 @@
 //! read ([`etcdctl`]). Nothing here runs a process; the flows that do run etcdctl through
 //! the `process` import build on these.
 
+pub mod config;
 pub mod etcdctl;
 pub mod keys;
 pub mod queue;

@@ -27,6 +27,9 @@ use crate::op::{Operation, OperationResult};
 pub const LOCK_GRANTED_HOOK: &str = "rollingops_lock_granted";
 /// Hook the worker dispatches when etcd fails for good.
 pub const ETCD_FAILED_HOOK: &str = "rollingops_etcd_failed";
+/// A file under base_dir whose presence asks the worker to release and exit (written when
+/// the unit falls back to the peer relation; removed when a worker is started).
+pub const STOP_FILE: &str = "etcd/worker-stop";
 
 /// Timing knobs.
 #[derive(Clone, Debug)]
@@ -63,6 +66,8 @@ impl Default for Timing {
 pub enum Call {
     /// First key/value under a prefix.
     First(String),
+    /// The value of one key (empty when absent).
+    Value(String),
     /// A transaction body.
     Txn(String),
     /// `lease grant <ttl>`.
@@ -79,6 +84,7 @@ impl Call {
         let args = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match self {
             Call::First(prefix) => (args(&["get", prefix, "--prefix", "--limit=1"]), None),
+            Call::Value(key) => (args(&["get", key, "--print-value-only"]), None),
             Call::Txn(body) => (args(&["txn"]), Some(body.clone())),
             Call::LeaseGrant(ttl) => (args(&["lease", "grant", &ttl.to_string()]), None),
             Call::KeepAlive(id) => (args(&["lease", "keep-alive", "--once", id]), None),
@@ -173,6 +179,8 @@ pub struct Worker {
     yield_before_lock: bool,
     /// A pause to take before the next step (retryable failure).
     pending_sleep: Option<u64>,
+    /// Asked to stop: exit after releasing.
+    stopping: bool,
     /// How the worker ended.
     finished: Option<Result<(), String>>,
     /// Hooks dispatched (for tests and logs).
@@ -199,6 +207,7 @@ impl Worker {
             completed: None,
             yield_before_lock: false,
             pending_sleep: None,
+            stopping: false,
             finished: None,
             dispatched: 0,
         }
@@ -207,6 +216,17 @@ impl Worker {
     /// Whether this worker currently holds the lock.
     pub fn holding(&self) -> bool {
         self.holding
+    }
+
+    /// Release (if holding) and exit, without claiming anything more.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        self.pending_sleep = None;
+        self.state = if self.lease.is_some() || self.holding {
+            State::ExpectRevoke
+        } else {
+            State::Finished
+        };
     }
 
     /// What to do next, at time `now_ms` (any monotonic milliseconds).
@@ -438,7 +458,11 @@ impl Worker {
             State::ExpectReleaseTxn => {
                 self.holding = false;
                 self.yield_before_lock = true;
-                State::CheckPending
+                if self.stopping {
+                    State::Finished
+                } else {
+                    State::CheckPending
+                }
             }
             State::ExpectKeepAlive { resume } => {
                 self.last_keep_alive_ms = self.now_ms;

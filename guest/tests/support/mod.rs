@@ -251,7 +251,7 @@ impl Model {
 
     /// `state` read in a hook on `unit`.
     pub fn state(&mut self, unit: &str) -> Result<State, Error> {
-        self.run(unit, "state", |m, _| driver::state(m))
+        self.run(unit, "state", |m, fx| driver::state(m, fx))
     }
 
     /// `is_waiting` / `is_waiting_callback` read in a hook on `unit`.

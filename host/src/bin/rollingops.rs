@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rollingops::commands::bench::BenchCommand;
+use rollingops::commands::bridge::BridgeCommand;
 use rollingops::commands::simulate::SimulateCommand;
+use rollingops::commands::status::StatusCommand;
+use rollingops::commands::worker::WorkerCommand;
 
 /// rollingops: the rolling-operations lock for Juju charms.
 #[derive(Debug, Parser)]
@@ -20,12 +23,21 @@ enum Command {
     Simulate(SimulateCommand),
     /// Measure the component and the protocol, with baselines.
     Bench(BenchCommand),
+    /// Show who holds the lock and every unit's queue (inside a unit's hook context).
+    Status(StatusCommand),
+    /// Run the worker loop (etcd mode), usually detached.
+    Worker(WorkerCommand),
+    /// Serve the component as line-delimited JSON on stdin/stdout (host/BRIDGE.md).
+    Bridge(BridgeCommand),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Simulate(command) => command.execute(),
         Command::Bench(command) => command.execute(),
+        Command::Status(command) => command.execute(),
+        Command::Worker(command) => command.execute(),
+        Command::Bridge(command) => command.execute(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

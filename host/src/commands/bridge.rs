@@ -159,7 +159,10 @@ impl Io {
                     });
                 }
                 Some(Err(why)) => {
-                    self.send(&protocol_error(Value::Null, &format!("unreadable line: {why}")));
+                    self.send(&protocol_error(
+                        Value::Null,
+                        &format!("unreadable line: {why}"),
+                    ));
                     continue;
                 }
                 Some(Ok(message)) => message,
@@ -173,7 +176,9 @@ impl Io {
                 continue;
             }
             if message.get("id").and_then(Value::as_u64) != Some(id) {
-                eprintln!("rollingops bridge: ignoring a reply that matches no pending import: {message}");
+                eprintln!(
+                    "rollingops bridge: ignoring a reply that matches no pending import: {message}"
+                );
                 continue;
             }
             if let Some(error) = message.get("error") {
@@ -183,7 +188,10 @@ impl Io {
                         message: text.clone(),
                     },
                     other => ImportError {
-                        kind: other.get("kind").and_then(Value::as_str).map(str::to_string),
+                        kind: other
+                            .get("kind")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                         message: other
                             .get("message")
                             .and_then(Value::as_str)
@@ -233,7 +241,9 @@ fn wit_error(import: &str, error: ImportError) -> WitError {
 }
 
 fn bad_reply(import: &str, result: &Value) -> WitError {
-    WitError::Host(format!("the client's reply to {import} is malformed: {result}"))
+    WitError::Host(format!(
+        "the client's reply to {import} is malformed: {result}"
+    ))
 }
 
 fn string_pairs(import: &str, value: &Value) -> Result<Vec<(String, String)>, WitError> {
@@ -372,7 +382,9 @@ impl Host for ClientHost {
 
     fn is_leader(&mut self) -> Result<bool, WitError> {
         let result = self.juju("is-leader", json!({}))?;
-        result.as_bool().ok_or_else(|| bad_reply("is-leader", &result))
+        result
+            .as_bool()
+            .ok_or_else(|| bad_reply("is-leader", &result))
     }
 
     fn relation_ids(&mut self, endpoint: &str) -> Result<Vec<u32>, WitError> {
@@ -437,7 +449,11 @@ impl Host for ClientHost {
         string_pairs("secret-get", &result).map(Some)
     }
 
-    fn secret_add(&mut self, label: &str, content: &[(String, String)]) -> Result<String, WitError> {
+    fn secret_add(
+        &mut self,
+        label: &str,
+        content: &[(String, String)],
+    ) -> Result<String, WitError> {
         let result = self.juju(
             "secret-add",
             json!({"label": label, "content": pairs_object(content)}),
@@ -453,7 +469,10 @@ impl Host for ClientHost {
             "log",
             json!({"level": level_name(level), "message": message}),
         ) {
-            eprintln!("rollingops {}: {message} (log import failed: {e:?})", level_name(level));
+            eprintln!(
+                "rollingops {}: {message} (log import failed: {e:?})",
+                level_name(level)
+            );
         }
     }
 
@@ -596,7 +615,9 @@ fn params_opt_u32(params: &Value, key: &str) -> Result<Option<u32>, Failure> {
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| Failure::protocol(format!("params.{key} must be a whole number or null"))),
+            .ok_or_else(|| {
+                Failure::protocol(format!("params.{key} must be a whole number or null"))
+            }),
     }
 }
 
@@ -720,7 +741,10 @@ impl Bridge {
             let message = match next {
                 None => return Ok(()),
                 Some(Err(why)) => {
-                    self.send(&protocol_error(Value::Null, &format!("unreadable line: {why}")));
+                    self.send(&protocol_error(
+                        Value::Null,
+                        &format!("unreadable line: {why}"),
+                    ));
                     continue;
                 }
                 Some(Ok(message)) => message,
@@ -820,7 +844,9 @@ impl Bridge {
                 };
             }
             "version" => {
-                return Ok(json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION")}));
+                return Ok(
+                    json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION")}),
+                );
             }
             _ => {}
         }
@@ -859,12 +885,16 @@ impl Bridge {
                     None | Some(Value::Null) => HookEnv::from_env(),
                     Some(Value::Object(env)) => {
                         let env: Map<String, Value> = env.clone();
-                        HookEnv::from_vars(|key| env.get(key).and_then(Value::as_str).map(str::to_string))
+                        HookEnv::from_vars(|key| {
+                            env.get(key).and_then(Value::as_str).map(str::to_string)
+                        })
                     }
                     Some(_) => return Err(Failure::protocol("params.env must be an object")),
                 };
-                let event =
-                    hook.event(&managed.peer_relation_name, managed.etcd_relation_name.as_deref());
+                let event = hook.event(
+                    &managed.peer_relation_name,
+                    managed.etcd_relation_name.as_deref(),
+                );
                 match event {
                     None => Ok(json!({"event": null})),
                     Some(event) => {
@@ -877,7 +907,9 @@ impl Bridge {
             "is-waiting" => {
                 let unit = params_opt_str(params, "unit_name")?;
                 let callback = params_opt_str(params, "callback_id")?;
-                Ok(Value::Bool(session.is_waiting(unit.as_deref(), callback.as_deref())?))
+                Ok(Value::Bool(
+                    session.is_waiting(unit.as_deref(), callback.as_deref())?,
+                ))
             }
             "acquire-sync-lock" => {
                 let backend = params_str(params, "backend_id")?;
@@ -891,8 +923,9 @@ impl Bridge {
             }
             "describe" => {
                 let text = session.describe()?;
-                serde_json::from_str(&text)
-                    .map_err(|e| Failure::protocol(format!("describe() returned invalid JSON: {e}")))
+                serde_json::from_str(&text).map_err(|e| {
+                    Failure::protocol(format!("describe() returned invalid JSON: {e}"))
+                })
             }
             "run-worker" => {
                 session.run_worker()?;
@@ -935,6 +968,9 @@ mod tests {
         assert_eq!(config.base_dir, DEFAULT_BASE_DIR);
         assert!(config.callback_ids.is_empty());
         assert!(parse_config(&json!({"config": {}})).is_err());
-        assert!(parse_config(&json!({"config": {"peer_relation_name": "r", "callback_ids": [1]}})).is_err());
+        assert!(
+            parse_config(&json!({"config": {"peer_relation_name": "r", "callback_ids": [1]}}))
+                .is_err()
+        );
     }
 }

@@ -10,11 +10,11 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::{Value, json};
 
+use crate::Config;
 use crate::charm::DEFAULT_BASE_DIR;
 use crate::juju::{JujuEnv, JujuHost, NoCharmCode};
 use crate::runtime::{Runtime, Session};
 use crate::sandbox::Sandbox;
-use crate::Config;
 
 const AFTER_HELP: &str = "Examples:
   juju exec --unit app/0 -- rollingops status --peer-relation restart
@@ -227,7 +227,10 @@ pub fn render(doc: &Value) -> String {
         return out;
     }
     let now = field(doc, "now").as_str().map(utc).unwrap_or_default();
-    let _ = writeln!(out, "{unit}{leader} · peer relation \"{relation}\" · {now}\n");
+    let _ = writeln!(
+        out,
+        "{unit}{leader} · peer relation \"{relation}\" · {now}\n"
+    );
 
     let lock = field(doc, "lock");
     match field(lock, "holder").as_str() {
@@ -282,7 +285,14 @@ pub fn render(doc: &Value) -> String {
         let intent = field(unit, "intent").as_str().unwrap_or("?").to_string();
         let label = format!("{name}{marker}");
         match field(unit, "queue").as_array() {
-            None => rows.push([label, intent, "(unreadable queue)".into(), "".into(), "".into(), "".into()]),
+            None => rows.push([
+                label,
+                intent,
+                "(unreadable queue)".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]),
             Some(ops) if ops.is_empty() => {
                 rows.push([label, intent, "-".into(), "".into(), "".into(), "".into()])
             }
@@ -319,7 +329,11 @@ pub fn render(doc: &Value) -> String {
                 }
             }
         }
-        for error in field(unit, "errors").as_array().cloned().unwrap_or_default() {
+        for error in field(unit, "errors")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             notes.push(format!("{name}: {}", error.as_str().unwrap_or_default()));
         }
     }
@@ -344,7 +358,11 @@ pub fn render(doc: &Value) -> String {
     if !legend.is_empty() {
         let _ = writeln!(out, "\n{}", legend.join(" · "));
     }
-    for unit in field(doc, "unreadable_units").as_array().cloned().unwrap_or_default() {
+    for unit in field(doc, "unreadable_units")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         notes.push(format!(
             "{}: its databag could not be read",
             unit.as_str().unwrap_or("?")
@@ -397,11 +415,23 @@ mod tests {
         assert_eq!(doc["units"][0]["holder"], false);
         assert!(doc.get("future_field").is_none());
         let table = render(&doc);
-        assert!(table.contains("app/0 (leader) · peer relation \"restart\" · 2026-05-01 12:00:10 UTC"), "{table}");
-        assert!(table.contains("Lock   held by app/1 for 4.0s (grant #3)"), "{table}");
-        assert!(table.contains("Queue  2 operations on 1 of 3 units"), "{table}");
+        assert!(
+            table.contains("app/0 (leader) · peer relation \"restart\" · 2026-05-01 12:00:10 UTC"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Lock   held by app/1 for 4.0s (grant #3)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("Queue  2 operations on 1 of 3 units"),
+            "{table}"
+        );
         assert!(table.contains("app/1 *  retry-release  restart"), "{table}");
         assert!(table.contains("1/3"), "{table}");
-        assert!(table.contains("! app/2: operations: not a JSON array"), "{table}");
+        assert!(
+            table.contains("! app/2: operations: not a JSON array"),
+            "{table}"
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use anyhow::Context;
 use clap::Parser;
 
+use crate::Config;
 use crate::charm::DEFAULT_BASE_DIR;
 use crate::juju::{JujuEnv, JujuHost, NoCharmCode};
 use crate::runtime::{Runtime, Session};
 use crate::sandbox::Sandbox;
-use crate::Config;
 
 /// The worker's log file under `base_dir` (stdout and stderr of a detached worker).
 pub const WORKER_LOG: &str = "rollingops_worker.log";

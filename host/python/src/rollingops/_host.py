@@ -275,6 +275,12 @@ class Host:
         """The only program the component may run."""
         return os.path.join(str(self._charm.charm_dir), 'usr', 'bin', 'etcdctl')
 
+    def start_worker(self) -> Variant:
+        # The etcd worker needs a process that runs the component outside any hook; this
+        # host does not provide one yet, so the component keeps the unit on the peer
+        # relation.
+        return _err('etcd-not-configured', 'the Python host cannot start the etcd worker yet')
+
     def run_etcdctl(
         self,
         args: list[str],

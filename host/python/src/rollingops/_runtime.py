@@ -57,7 +57,7 @@ _IMPORTS: dict[str, dict[str, str]] = {
         'dispatch': 'dispatch',
     },
     'clock': {'now-micros': 'now_micros', 'sleep-ms': 'sleep_ms'},
-    'process': {'run-etcdctl': 'run_etcdctl'},
+    'process': {'run-etcdctl': 'run_etcdctl', 'start-worker': 'start_worker'},
     'files': {'read': 'read', 'write': 'write', 'remove': 'remove'},
     'charm': {
         'run-callback': 'run_callback',

@@ -1,0 +1,140 @@
+//! A small Rust charm using rollingops: this binary is the charm's `dispatch`.
+//!
+//! It "restarts" a fake service one unit at a time. The `restart` action (dispatch path
+//! `actions/restart`, parameter `delay` in seconds) queues a restart; every other hook is
+//! handed to the library, which runs the callback when this unit holds the lock. The
+//! callback appends `<unix-micros> start <unit> <hook-context>` to the service log, sleeps
+//! `delay` seconds (or the `restart-delay` config option), then appends the matching
+//! `stop` line: two units' start..stop intervals must never overlap.
+//!
+//! Configuration (`config-get`): `service-log` (path; default `<base-dir>/service.log`)
+//! and `restart-delay` (seconds; default 1). The library's runtime directory is
+//! `RESTART_CHARM_BASE_DIR` (default `/var/lib/rollingops`). With `RESTART_CHARM_TIMING=1`
+//! the charm prints what loading the component cost to stderr.
+//!
+//! ```sh
+//! cargo build -p rollingops --example restart-charm
+//! ln -s "$PWD/target/debug/examples/restart-charm" <charm-dir>/dispatch
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rollingops::charm::{
+    CallbackResult, DEFAULT_BASE_DIR, HookEnv, OperationResult, RollingOpsManager,
+};
+use rollingops::juju;
+use serde_json::{Map, Value};
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    match run(started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The hook fails (Juju discards its relation writes and retries it); say why
+            // in the unit's log as well as on stderr.
+            let message = format!("restart-charm: {error}");
+            eprintln!("{message}");
+            let _ = juju::juju_log("ERROR", &message);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(started: Instant) -> Result<(), Box<dyn std::error::Error>> {
+    let base_dir = std::env::var("RESTART_CHARM_BASE_DIR").unwrap_or(DEFAULT_BASE_DIR.into());
+    let unit = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
+    let callback_base = PathBuf::from(&base_dir);
+    let mut manager = RollingOpsManager::builder("restart")
+        .base_dir(&base_dir)
+        .callback("restart", move |kwargs| {
+            restart(&unit, &callback_base, kwargs)
+        })
+        .build()?;
+    let built = started.elapsed();
+    let hook = HookEnv::from_env();
+    match hook.action() {
+        Some("restart") => {
+            let params = juju::action_get()?;
+            let mut kwargs = Map::new();
+            if let Some(delay) = params.get("delay").filter(|d| !d.is_null()) {
+                kwargs.insert("delay".into(), delay.clone());
+            }
+            manager.request_async_lock("restart", Value::Object(kwargs), None)?;
+            println!(
+                "restart queued: {}",
+                serde_json::to_string(&manager.state()?.status_name())?
+            );
+        }
+        Some(other) => return Err(format!("unknown action {other:?}").into()),
+        None => {
+            manager.handle_hook()?;
+        }
+    }
+    if std::env::var("RESTART_CHARM_TIMING").is_ok_and(|v| v == "1") {
+        let startup = manager.startup();
+        eprintln!(
+            "restart-charm timing: cache={:?} load_us={} instantiate_us={} main_to_manager_us={} main_to_exit_us={}",
+            startup.cache,
+            startup.load.as_micros(),
+            startup.instantiate.as_micros(),
+            built.as_micros(),
+            started.elapsed().as_micros()
+        );
+    }
+    Ok(())
+}
+
+/// The status's wire name, for the action's output.
+trait StatusName {
+    fn status_name(&self) -> &'static str;
+}
+
+impl StatusName for rollingops::State {
+    fn status_name(&self) -> &'static str {
+        match self.status {
+            rollingops::Status::NotReady => "not-ready",
+            rollingops::Status::Waiting => "waiting",
+            rollingops::Status::Granted => "granted",
+            rollingops::Status::Idle => "idle",
+        }
+    }
+}
+
+fn micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+fn append(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // One write per line: appends of a short line are atomic across processes.
+    file.write_all(format!("{line}\n").as_bytes())
+}
+
+/// The fake service's restart.
+fn restart(unit: &str, base_dir: &Path, kwargs: &Map<String, Value>) -> CallbackResult {
+    let config = juju::config_get(None)?;
+    let log = config
+        .get("service-log")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| base_dir.join("service.log"));
+    let delay = kwargs
+        .get("delay")
+        .and_then(Value::as_f64)
+        .or_else(|| config.get("restart-delay").and_then(Value::as_f64))
+        .unwrap_or(1.0);
+    let context = std::env::var("JUJU_CONTEXT_ID").unwrap_or_else(|_| "-".into());
+    append(&log, &format!("{} start {unit} {context}", micros()))?;
+    std::thread::sleep(Duration::from_secs_f64(delay.max(0.0)));
+    append(&log, &format!("{} stop {unit} {context}", micros()))?;
+    Ok(OperationResult::Release)
+}
