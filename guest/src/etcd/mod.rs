@@ -11,4 +11,4 @@ pub mod txn;
 pub mod worker;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;

@@ -342,3 +342,429 @@ impl Manager {
         json!({"owner": owner, "lock_key": keys.lock, "usable": etcd.unusable().is_none(), "why_not": etcd.unusable(), "facts": facts})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::driver::{self, BagOwner, Effects};
+    use crate::error::Error;
+    use crate::etcd::config::{ETCDCTL_JSON, SERVER_CA, render};
+    use crate::etcd::fake::FakeEtcd;
+    use crate::etcd::keys::{Keys, owner};
+    use crate::etcd::worker::{Call, Output, STOP_FILE};
+    use crate::manager::{CallbackOutcome, Config, Event, LogLevel, Status, SyncBackendError};
+    use crate::timestamp::Timestamp;
+    use crate::wire::{Backend, Bag};
+
+    const MODEL: &str = "model-uuid";
+
+    /// One unit over an in-memory peer relation, base_dir and etcd.
+    struct Unit<'a> {
+        name: &'static str,
+        bags: &'a mut BTreeMap<String, Bag>,
+        files: &'a mut BTreeMap<String, Vec<u8>>,
+        etcd: &'a mut FakeEtcd,
+        relation: bool,
+        calls: Vec<String>,
+        result: Option<String>,
+        worker_starts: u32,
+        /// Another unit takes the lock while the callback runs (lease lapsed).
+        steal_lock: Option<String>,
+    }
+
+    impl Effects for Unit<'_> {
+        fn unit_name(&mut self) -> String {
+            self.name.into()
+        }
+        fn is_leader(&mut self) -> Result<bool, Error> {
+            Ok(false)
+        }
+        fn relation_ids(&mut self, endpoint: &str) -> Result<Vec<u32>, Error> {
+            Ok(
+                if endpoint == "restart" || (endpoint == "etcd" && self.relation) {
+                    vec![1]
+                } else {
+                    vec![]
+                },
+            )
+        }
+        fn relation_units(&mut self, _: u32) -> Result<Vec<String>, Error> {
+            Ok(vec![])
+        }
+        fn relation_get(&mut self, _: u32, owner: BagOwner<'_>) -> Result<Bag, Error> {
+            let key = match owner {
+                BagOwner::App => "app".to_string(),
+                BagOwner::Unit(u) => u.to_string(),
+            };
+            Ok(self.bags.get(&key).cloned().unwrap_or_default())
+        }
+        fn relation_set(
+            &mut self,
+            _: u32,
+            app: bool,
+            pairs: &[(String, String)],
+        ) -> Result<(), Error> {
+            let key = if app {
+                "app".to_string()
+            } else {
+                self.name.to_string()
+            };
+            let bag = self.bags.entry(key).or_default();
+            for (k, v) in pairs {
+                if v.is_empty() {
+                    bag.remove(k);
+                } else {
+                    bag.insert(k.clone(), v.clone());
+                }
+            }
+            Ok(())
+        }
+        fn log(&mut self, _: LogLevel, _: &str) {}
+        fn dispatch(&mut self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn now(&mut self) -> Timestamp {
+            Timestamp::from_micros(1_777_636_800_000_000 + self.etcd.now_ms as i64 * 1000)
+        }
+        fn run_callback(&mut self, id: &str, _: &str) -> CallbackOutcome {
+            self.calls.push(id.into());
+            if let Some(lock) = self.steal_lock.take() {
+                self.etcd.put(&lock, "someone-else");
+            }
+            CallbackOutcome::Returned(self.result.clone())
+        }
+        fn sync_backend_acquire(
+            &mut self,
+            _: &str,
+            _: Option<u32>,
+        ) -> Result<(), SyncBackendError> {
+            Ok(())
+        }
+        fn sync_backend_release(&mut self, _: &str) -> Result<(), SyncBackendError> {
+            Ok(())
+        }
+        fn model_uuid(&mut self) -> String {
+            MODEL.into()
+        }
+        fn run_etcdctl(
+            &mut self,
+            args: &[String],
+            _: &[(String, String)],
+            stdin: Option<&str>,
+            _: u32,
+        ) -> Result<Output, Error> {
+            let call = match args
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["get", key, "--print-value-only"] => Call::Value(key.to_string()),
+                ["get", prefix, "--prefix", "--limit=1"] => Call::First(prefix.to_string()),
+                ["txn"] => Call::Txn(stdin.unwrap_or_default().into()),
+                ["put", key] => {
+                    self.etcd.put(key, stdin.unwrap_or_default());
+                    return Ok(Output {
+                        code: 0,
+                        stdout: "OK\n".into(),
+                        stderr: String::new(),
+                        timed_out: false,
+                    });
+                }
+                ["del", prefix, "--prefix"] => {
+                    self.etcd.kv.retain(|k, _| !k.starts_with(prefix));
+                    return Ok(Output {
+                        code: 0,
+                        stdout: "0\n".into(),
+                        stderr: String::new(),
+                        timed_out: false,
+                    });
+                }
+                other => panic!("unexpected etcdctl {other:?}"),
+            };
+            Ok(self.etcd.run(&call))
+        }
+        fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+            Ok(self.files.get(path).cloned())
+        }
+        fn write_file(&mut self, path: &str, data: &[u8], _: u32) -> Result<(), Error> {
+            self.files.insert(path.into(), data.to_vec());
+            Ok(())
+        }
+        fn remove_file(&mut self, path: &str) -> Result<(), Error> {
+            self.files.remove(path);
+            Ok(())
+        }
+        fn start_worker(&mut self) -> Result<(), Error> {
+            self.worker_starts += 1;
+            Ok(())
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            peer_relation_name: "restart".into(),
+            etcd_relation_name: Some("etcd".into()),
+            cluster_id: Some("c1".into()),
+            base_dir: "/var/lib/rollingops".into(),
+            callback_ids: vec!["restart".into()],
+            sync_lock_ids: vec![],
+        }
+    }
+
+    struct World {
+        bags: BTreeMap<String, Bag>,
+        files: BTreeMap<String, Vec<u8>>,
+        etcd: FakeEtcd,
+    }
+
+    impl World {
+        fn configured() -> World {
+            let mut files = BTreeMap::new();
+            files.insert(
+                ETCDCTL_JSON.to_string(),
+                render(
+                    "127.0.0.1:2379",
+                    "/b",
+                    "/b/tls/client.pem",
+                    "/b/tls/client.key",
+                )
+                .into_bytes(),
+            );
+            files.insert(SERVER_CA.to_string(), b"PEM".to_vec());
+            World {
+                bags: BTreeMap::new(),
+                files,
+                etcd: FakeEtcd::default(),
+            }
+        }
+
+        fn unit(&mut self) -> Unit<'_> {
+            Unit {
+                name: "app/0",
+                bags: &mut self.bags,
+                files: &mut self.files,
+                etcd: &mut self.etcd,
+                relation: true,
+                calls: vec![],
+                result: None,
+                worker_starts: 0,
+                steal_lock: None,
+            }
+        }
+
+        fn keys(&self) -> Keys {
+            Keys::new("c1", &owner(MODEL, "app/0"))
+        }
+
+        fn bag(&self) -> &Bag {
+            &self.bags["app/0"]
+        }
+    }
+
+    fn request(unit: &mut Unit<'_>, kwargs: &str) {
+        let mut manager = driver::load(config(), unit).unwrap();
+        driver::request_async_lock(&mut manager, unit, "restart", kwargs, Some(2)).unwrap();
+    }
+
+    fn event(unit: &mut Unit<'_>, event: Event) {
+        let mut manager = driver::load(config(), unit).unwrap();
+        driver::handle_event(&mut manager, unit, event).unwrap();
+    }
+
+    /// What the worker does once it holds the lock: claim the pending head.
+    fn worker_claims(world: &mut World) {
+        let keys = world.keys();
+        let owner = owner(MODEL, "app/0");
+        let lease = world
+            .etcd
+            .run(&Call::LeaseGrant(60))
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let acquired = world.etcd.run(&Call::Txn(crate::etcd::txn::acquire(
+            &keys.lock, &owner, &lease,
+        )));
+        assert!(acquired.stdout.starts_with("SUCCESS"));
+        let (key, value) = world.etcd.first(&keys.pending).unwrap();
+        let op = crate::op::Operation::from_json(&value).unwrap();
+        let to = format!("{}{}", keys.inprogress, op.op_id());
+        let claimed = world.etcd.run(&Call::Txn(crate::etcd::txn::move_op(
+            &keys.lock, &owner, &key, &to, &value,
+        )));
+        assert!(claimed.stdout.starts_with("SUCCESS"));
+    }
+
+    #[test]
+    fn s8_4_request_goes_to_etcd_and_starts_the_worker() {
+        let mut world = World::configured();
+        let mut unit = world.unit();
+        request(&mut unit, r#"{"msg": "a b \"c\""}"#);
+        assert_eq!(unit.worker_starts, 1);
+        let keys = world.keys();
+        let bag = world.bag();
+        assert_eq!(bag["processing_backend"], "etcd");
+        assert_eq!(bag["etcd_cleanup_needed"], "false");
+        assert_eq!(bag["state"], "request");
+        let (key, value) = world.etcd.first(&keys.pending).unwrap();
+        // The same op JSON in both copies, spaces and quotes intact (§11 item 3).
+        assert!(bag["operations"].contains(&value), "{value}");
+        assert!(key.ends_with("-restart"));
+    }
+
+    #[test]
+    fn s8_5_without_etcd_config_the_request_stays_on_peer() {
+        let mut world = World::configured();
+        world.files.remove(ETCDCTL_JSON);
+        let mut unit = world.unit();
+        request(&mut unit, "{}");
+        assert_eq!(unit.worker_starts, 0);
+        assert_eq!(world.bag()["processing_backend"], "peer");
+        assert!(world.etcd.kv.is_empty());
+    }
+
+    #[test]
+    fn s6_4_lock_granted_runs_the_claimed_op_and_mirrors_it() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        let mut unit = world.unit();
+        unit.result = Some("retry-release".into());
+        event(&mut unit, Event::LockGranted);
+        assert_eq!(unit.calls, ["restart"]);
+        let keys = world.keys();
+        let (_, done) = world
+            .etcd
+            .first(&keys.completed)
+            .expect("finalized into completed");
+        assert!(
+            done.contains(r#""attempt":1,"result":"retry-release""#),
+            "{done}"
+        );
+        let bag = world.bag();
+        assert_eq!(bag["state"], "retry-release");
+        assert!(bag["operations"].contains(r#""attempt":1,"result":null"#));
+        assert_eq!(bag["processing_backend"], "etcd");
+    }
+
+    #[test]
+    fn s11_6_hooks_that_find_nothing_claimed_do_not_fall_back() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        for e in [Event::LockGranted, Event::UpdateStatus] {
+            event(&mut world.unit(), e);
+        }
+        assert_eq!(world.bag()["processing_backend"], "etcd");
+    }
+
+    #[test]
+    fn s11_11_update_status_restarts_a_missing_worker() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        let mut unit = world.unit();
+        event(&mut unit, Event::UpdateStatus);
+        assert_eq!(unit.worker_starts, 1);
+    }
+
+    #[test]
+    fn s11_4_a_queued_etcd_unit_reports_waiting() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        let mut unit = world.unit();
+        let mut manager = driver::load(config(), &mut unit).unwrap();
+        let state = driver::state(&mut manager, &mut unit).unwrap();
+        assert_eq!(
+            (state.status, state.processing_backend),
+            (Status::Waiting, Backend::Etcd)
+        );
+        worker_claims(&mut world);
+        let mut unit = world.unit();
+        let mut manager = driver::load(config(), &mut unit).unwrap();
+        assert_eq!(
+            driver::state(&mut manager, &mut unit).unwrap().status,
+            Status::Granted
+        );
+    }
+
+    #[test]
+    fn s8_6_etcd_down_falls_back_and_stops_the_worker_with_nothing_lost() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        world.etcd.unavailable = true;
+        event(&mut world.unit(), Event::UpdateStatus);
+        let bag = world.bag().clone();
+        assert_eq!(bag["processing_backend"], "peer");
+        assert_eq!(bag["etcd_cleanup_needed"], "true");
+        assert!(
+            bag["operations"].contains("restart"),
+            "the op is still queued on the peer side"
+        );
+        assert!(world.files.contains_key(STOP_FILE));
+        // Back on etcd once the peer queue drains: cleanup first, then the new op.
+        world.etcd.unavailable = false;
+        world
+            .bags
+            .get_mut("app/0")
+            .unwrap()
+            .insert("operations".into(), "[]".into());
+        let mut unit = world.unit();
+        request(&mut unit, r#"{"n": 2}"#);
+        assert_eq!(unit.worker_starts, 1);
+        assert!(
+            !world.files.contains_key(STOP_FILE),
+            "starting a worker clears the stop request"
+        );
+        assert_eq!(world.bag()["processing_backend"], "etcd");
+        assert_eq!(
+            world.etcd.kv.len(),
+            1,
+            "stale queues cleaned, one op pending"
+        );
+    }
+
+    #[test]
+    fn s8_7_etcd_failed_hook_falls_back() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        event(&mut world.unit(), Event::EtcdFailed);
+        assert_eq!(world.bag()["processing_backend"], "peer");
+    }
+
+    #[test]
+    fn a_hook_without_the_lock_runs_nothing() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        let keys = world.keys();
+        world.etcd.put(&keys.lock, &owner(MODEL, "app/9"));
+        let mut unit = world.unit();
+        event(&mut unit, Event::LockGranted);
+        assert!(unit.calls.is_empty());
+        assert_eq!(world.bag()["processing_backend"], "etcd");
+    }
+
+    #[test]
+    fn s6_4_lock_lost_during_the_callback_mirrors_then_falls_back() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        let lock = world.keys().lock;
+        let mut unit = world.unit();
+        unit.steal_lock = Some(lock);
+        event(&mut unit, Event::LockGranted);
+        assert_eq!(unit.calls, ["restart"]);
+        let bag = world.bag();
+        assert_eq!(
+            bag["operations"], "[]",
+            "the result is mirrored: the op ran"
+        );
+        assert_eq!(bag["state"], "idle");
+        assert_eq!(
+            bag["processing_backend"], "peer",
+            "executed but not committed: fall back"
+        );
+    }
+}
