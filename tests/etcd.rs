@@ -12,74 +12,190 @@ use rollingops_guest::etcd::txn;
 use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use rollingops_guest::{Operation, OperationResult, Timestamp};
 
-/// An etcd on loopback ports in a temporary directory, stopped on drop.
+/// Certificates for a test cluster: a CA, a server certificate for 127.0.0.1 and a client
+/// certificate, made with openssl in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rollingops-test-ca",
+    ]);
+    for (name, extra) in [("server", Some("san.cnf")), ("client", None)] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=rollingops-test-{name}"),
+        ]);
+        let mut args = vec!["x509", "-req", "-in"];
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        args.extend([
+            csr.as_str(),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            pem.as_str(),
+            "-days",
+            "2",
+        ]);
+        if let Some(file) = extra {
+            args.extend(["-extfile", file]);
+        }
+        openssl(&args);
+    }
+}
+
+/// An etcd cluster of `members` on loopback ports in a temporary directory, clients over
+/// TLS with client-certificate authentication; stopped on drop.
 struct Etcd {
-    child: Child,
+    members: Vec<Option<Child>>,
     dir: PathBuf,
-    endpoint: String,
+    endpoints: Vec<String>,
 }
 
 impl Etcd {
-    fn start(port: u16) -> Etcd {
-        let dir =
-            std::env::temp_dir().join(format!("rollingops-etcd-{port}-{}", std::process::id()));
+    fn start(base_port: u16, members: usize) -> Etcd {
+        let dir = std::env::temp_dir().join(format!(
+            "rollingops-etcd-{base_port}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", port + 1),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", port + 1),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("test=http://127.0.0.1:{}", port + 1),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
-            .spawn()
-            .expect("etcd is installed (Debian package etcd-server; ./test.sh installs it)");
+        make_certs(&dir);
+        let peer = |i: usize| format!("http://127.0.0.1:{}", base_port + 100 + i as u16);
+        let endpoints: Vec<String> = (0..members)
+            .map(|i| format!("https://127.0.0.1:{}", base_port + i as u16))
+            .collect();
+        let cluster: Vec<String> = (0..members).map(|i| format!("m{i}={}", peer(i))).collect();
+        let cluster = cluster.join(",");
+        let children = (0..members)
+            .map(|i| {
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}"), "--data-dir"])
+                    .arg(dir.join(format!("data{i}")))
+                    .args([
+                        "--listen-client-urls",
+                        &endpoints[i],
+                        "--advertise-client-urls",
+                        &endpoints[i],
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &peer(i),
+                        "--initial-advertise-peer-urls",
+                        &peer(i),
+                    ])
+                    .args([
+                        "--initial-cluster",
+                        &cluster,
+                        "--initial-cluster-state",
+                        "new",
+                    ])
+                    .args(["--client-cert-auth", "--trusted-ca-file"])
+                    .arg(dir.join("ca.pem"))
+                    .arg("--cert-file")
+                    .arg(dir.join("server.pem"))
+                    .arg("--key-file")
+                    .arg(dir.join("server.key"))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.join(format!("etcd{i}.log"))).unwrap())
+                    .spawn()
+                    .expect(
+                        "etcd is installed (Debian package etcd-server; ./test.sh installs it)",
+                    );
+                Some(child)
+            })
+            .collect();
         let etcd = Etcd {
-            child,
+            members: children,
             dir,
-            endpoint,
+            endpoints,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while etcdctl(&etcd.endpoint, &["endpoint", "health"], None).code != 0 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while etcd
+            .etcdctl(&["endpoint", "health", "--cluster"], None)
+            .code
+            != 0
+        {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(200));
         }
         etcd
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let path = |f: &str| self.dir.join(f).display().to_string();
+        vec![
+            ("ETCDCTL_API".into(), "3".into()),
+            ("ETCDCTL_ENDPOINTS".into(), self.endpoints.join(",")),
+            ("ETCDCTL_CACERT".into(), path("ca.pem")),
+            ("ETCDCTL_CERT".into(), path("client.pem")),
+            ("ETCDCTL_KEY".into(), path("client.key")),
+            ("ETCDCTL_DIAL_TIMEOUT".into(), "1s".into()),
+            ("ETCDCTL_COMMAND_TIMEOUT".into(), "2s".into()),
+        ]
+    }
+
+    fn etcdctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        etcdctl(&self.env(), args, stdin)
+    }
+
+    fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.members[member].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+fn etcdctl(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut child = Command::new("etcdctl")
         .args(args)
         .env_clear()
-        .env("ETCDCTL_API", "3")
-        .env("ETCDCTL_ENDPOINTS", endpoint)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,30 +219,37 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
     }
 }
 
-fn run_call(endpoint: &str, call: &Call) -> Output {
+fn run_call(env: &[(String, String)], call: &Call) -> Output {
     let (args, stdin) = call.argv();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    etcdctl(endpoint, &args, stdin.as_deref())
+    etcdctl(env, &args, stdin.as_deref())
 }
 
 /// The lock-granted hook: run the claimed op under the lock, then finalize it.
 fn hook(
-    endpoint: &str,
+    env: &[(String, String)],
     keys: &Keys,
     owner: &str,
     log: &std::sync::Mutex<Vec<(String, Instant, Instant)>>,
 ) {
-    let head = etcdctl(
-        endpoint,
-        &["get", &keys.inprogress, "--prefix", "--limit=1"],
-        None,
-    );
+    // Like the real hook, retry transient failures (a member may be down).
+    let retrying = |args: &[&str], stdin: Option<&str>| {
+        for _ in 0..5 {
+            let out = etcdctl(env, args, stdin);
+            if out.code == 0 {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("etcdctl {args:?} kept failing");
+    };
+    let head = retrying(&["get", &keys.inprogress, "--prefix", "--limit=1"], None);
     let mut lines = head.stdout.lines();
     let (Some(key), Some(value)) = (lines.next(), lines.next()) else {
         return;
     };
     let op = Operation::from_json(value).expect("a valid op in inprogress");
-    let holder = etcdctl(endpoint, &["get", &keys.lock, "--print-value-only"], None);
+    let holder = retrying(&["get", &keys.lock, "--print-value-only"], None);
     assert_eq!(holder.stdout.trim(), owner, "the hook ran without the lock");
     let start = Instant::now();
     std::thread::sleep(Duration::from_millis(150));
@@ -137,63 +260,71 @@ fn hook(
     let to = format!("{}{}", keys.completed, done.op_id());
     let body = txn::move_op(&keys.lock, owner, key, &to, &done.to_json());
     assert_eq!(
-        etcdctl(endpoint, &["txn"], Some(&body))
-            .stdout
-            .lines()
-            .next(),
+        retrying(&["txn"], Some(&body)).stdout.lines().next(),
         Some("SUCCESS")
     );
 }
 
-#[test]
-fn workers_on_real_etcd_take_turns_and_drain_their_queues() {
-    let etcd = Etcd::start(23_790);
-    let endpoint = etcd.endpoint.clone();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let units = 4;
-    let mut threads = Vec::new();
-    for i in 0..units {
-        let endpoint = endpoint.clone();
-        let log = log.clone();
-        threads.push(std::thread::spawn(move || {
-            let owner = owner("model", &format!("app/{i}"));
-            let keys = Keys::new("cluster-1", &owner);
-            // Two ops, one with kwargs the reference would have truncated (§11 item 3).
-            for (n, text) in ["plain", "with spaces and \"quotes\""].iter().enumerate() {
-                let mut kwargs = serde_json::Map::new();
-                kwargs.insert("note".into(), serde_json::Value::String(text.to_string()));
-                let op = Operation::new(
-                    "restart",
-                    kwargs,
-                    None,
-                    Timestamp::from_micros(1_777_636_800_000_000 + n as i64),
-                );
-                let key = format!("{}{}", keys.pending, op.op_id());
-                assert_eq!(
-                    etcdctl(&endpoint, &["put", &key], Some(&op.to_json())).code,
-                    0
-                );
-            }
-            let clock = Instant::now();
-            let mut worker = Worker::new(keys.clone(), owner.clone(), Timing::default(), 0);
-            loop {
-                match worker.poll(clock.elapsed().as_millis() as u64) {
-                    Step::Etcdctl(call) => worker.handle(run_call(&endpoint, &call)),
-                    Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
-                    Step::Dispatch(event) => {
-                        assert_eq!(event, LOCK_GRANTED_HOOK, "etcd failed");
-                        hook(&endpoint, &keys, &owner, &log);
-                    }
-                    Step::Exit(result) => return result,
+type RunLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Instant, Instant)>>>;
+
+/// `units` workers, each with `ops` queued ops, contending on one cluster until they exit.
+/// Returns each worker's exit and the callback runs.
+fn contend(
+    env: Vec<(String, String)>,
+    units: usize,
+    ops: usize,
+    timing: Timing,
+    log: RunLog,
+) -> Vec<std::thread::JoinHandle<(Result<(), String>, Vec<&'static str>)>> {
+    (0..units)
+        .map(|i| {
+            let env = env.clone();
+            let log = log.clone();
+            let timing = timing.clone();
+            std::thread::spawn(move || {
+                let owner = owner("model", &format!("app/{i}"));
+                let keys = Keys::new("cluster-1", &owner);
+                // Some ops carry kwargs the reference would have truncated (§11 item 3).
+                for n in 0..ops {
+                    let mut kwargs = serde_json::Map::new();
+                    let note = if n % 2 == 0 {
+                        "plain".to_string()
+                    } else {
+                        format!("op {n} with \"quotes\"")
+                    };
+                    kwargs.insert("note".into(), serde_json::Value::String(note));
+                    let op = Operation::new(
+                        "restart",
+                        kwargs,
+                        None,
+                        Timestamp::from_micros(1_777_636_800_000_000 + n as i64),
+                    );
+                    let key = format!("{}{}", keys.pending, op.op_id());
+                    assert_eq!(etcdctl(&env, &["put", &key], Some(&op.to_json())).code, 0);
                 }
-            }
-        }));
-    }
-    for thread in threads {
-        assert_eq!(thread.join().unwrap(), Ok(()));
-    }
+                let clock = Instant::now();
+                let mut worker = Worker::new(keys.clone(), owner.clone(), timing, 0);
+                let mut dispatched = Vec::new();
+                loop {
+                    match worker.poll(clock.elapsed().as_millis() as u64) {
+                        Step::Etcdctl(call) => worker.handle(run_call(&env, &call)),
+                        Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                        Step::Dispatch(event) => {
+                            dispatched.push(event);
+                            if event == LOCK_GRANTED_HOOK {
+                                hook(&env, &keys, &owner, &log);
+                            }
+                        }
+                        Step::Exit(result) => return (result, dispatched),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn assert_no_overlap(log: &RunLog) {
     let mut runs = log.lock().unwrap().clone();
-    assert_eq!(runs.len(), units * 2);
     runs.sort_by_key(|r| r.1);
     for pair in runs.windows(2) {
         assert!(
@@ -203,10 +334,103 @@ fn workers_on_real_etcd_take_turns_and_drain_their_queues() {
             pair[0].0
         );
     }
-    let left = etcdctl(
-        &endpoint,
-        &["get", "/rollingops/", "--prefix", "--keys-only"],
-        None,
-    );
+}
+
+#[test]
+fn workers_over_tls_take_turns_and_drain_their_queues() {
+    let etcd = Etcd::start(23_790, 1);
+    let log = RunLog::default();
+    for worker in contend(etcd.env(), 4, 2, Timing::default(), log.clone()) {
+        assert_eq!(worker.join().unwrap().0, Ok(()));
+    }
+    assert_eq!(log.lock().unwrap().len(), 8);
+    assert_no_overlap(&log);
+    let left = etcd.etcdctl(&["get", "/rollingops/", "--prefix", "--keys-only"], None);
     assert_eq!(left.stdout.trim(), "", "keys left behind");
+}
+
+#[test]
+fn a_client_without_a_certificate_is_refused() {
+    let etcd = Etcd::start(23_890, 1);
+    let env: Vec<(String, String)> = etcd
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "ETCDCTL_CERT" && k != "ETCDCTL_KEY")
+        .collect();
+    let out = etcdctl(&env, &["get", "/x"], None);
+    assert_ne!(out.code, 0);
+    let failure = rollingops_guest::etcd::etcdctl::classify(out.code, &out.stderr, false);
+    assert!(
+        matches!(
+            failure,
+            Some(rollingops_guest::etcd::etcdctl::Failure::Fatal(_))
+                | Some(rollingops_guest::etcd::etcdctl::Failure::Retryable(_))
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn three_members_losing_one_keeps_the_lock_working() {
+    let mut etcd = Etcd::start(24_790, 3);
+    let log = RunLog::default();
+    let workers = contend(etcd.env(), 3, 2, Timing::default(), log.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "no progress before the failure");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    etcd.kill(0);
+    for worker in workers {
+        assert_eq!(
+            worker.join().unwrap().0,
+            Ok(()),
+            "a worker failed with one member down"
+        );
+    }
+    assert_eq!(log.lock().unwrap().len(), 6);
+    assert_no_overlap(&log);
+}
+
+#[test]
+fn three_members_losing_quorum_asks_for_the_fallback() {
+    let mut etcd = Etcd::start(25_790, 3);
+    let env = etcd.env();
+    etcd.kill(1);
+    etcd.kill(2);
+    let timing = Timing {
+        retry_budget: 2,
+        ..Timing::default()
+    };
+    let log = RunLog::default();
+    // Queue nothing through the dead cluster: the workers' first reads fail.
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let env = env.clone();
+            let timing = timing.clone();
+            std::thread::spawn(move || {
+                let owner = owner("model", &format!("app/{i}"));
+                let mut worker = Worker::new(Keys::new("cluster-1", &owner), owner, timing, 0);
+                let clock = Instant::now();
+                let mut dispatched = Vec::new();
+                loop {
+                    match worker.poll(clock.elapsed().as_millis() as u64) {
+                        Step::Etcdctl(call) => worker.handle(run_call(&env, &call)),
+                        Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                        Step::Dispatch(event) => dispatched.push(event),
+                        Step::Exit(result) => return (result, dispatched),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let (result, dispatched) = worker.join().unwrap();
+        assert!(result.is_err(), "a worker kept going without quorum");
+        assert_eq!(
+            dispatched,
+            [rollingops_guest::etcd::worker::ETCD_FAILED_HOOK]
+        );
+    }
+    assert!(log.lock().unwrap().is_empty());
 }
