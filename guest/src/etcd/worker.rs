@@ -53,8 +53,8 @@ impl Default for Timing {
         Timing {
             lease_ttl: 60,
             keep_alive_ms: 15_000,
-            min_backoff_ms: 100,
-            max_backoff_ms: 1_000,
+            min_backoff_ms: 25,
+            max_backoff_ms: 250,
             hook_timeout_ms: 600_000,
             retry_budget: 12,
         }

@@ -1,0 +1,217 @@
+//! A throwaway etcd cluster on loopback with TLS and client-certificate auth, for tests and
+//! benchmarks, and a plain etcdctl runner.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rollingops_guest::etcd::worker::Output;
+
+/// Certificates for a test cluster: a CA, a server certificate for 127.0.0.1 and a client
+/// certificate, made with openssl in `dir`.
+pub fn make_certs(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rollingops-test-ca",
+    ]);
+    for (name, extra) in [("server", Some("san.cnf")), ("client", None)] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=rollingops-test-{name}"),
+        ]);
+        let mut args = vec!["x509", "-req", "-in"];
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        args.extend([
+            csr.as_str(),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            pem.as_str(),
+            "-days",
+            "2",
+        ]);
+        if let Some(file) = extra {
+            args.extend(["-extfile", file]);
+        }
+        openssl(&args);
+    }
+}
+
+/// An etcd cluster of `members` on loopback ports in a temporary directory, clients over
+/// TLS with client-certificate authentication; stopped on drop.
+pub struct Etcd {
+    members: Vec<Option<Child>>,
+    /// Where certificates, data and logs live.
+    pub dir: PathBuf,
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+}
+
+impl Etcd {
+    pub fn start(base_port: u16, members: usize) -> Etcd {
+        let dir = std::env::temp_dir().join(format!(
+            "rollingops-etcd-{base_port}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        make_certs(&dir);
+        let peer = |i: usize| format!("http://127.0.0.1:{}", base_port + 100 + i as u16);
+        let endpoints: Vec<String> = (0..members)
+            .map(|i| format!("https://127.0.0.1:{}", base_port + i as u16))
+            .collect();
+        let cluster: Vec<String> = (0..members).map(|i| format!("m{i}={}", peer(i))).collect();
+        let cluster = cluster.join(",");
+        let children = (0..members)
+            .map(|i| {
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}"), "--data-dir"])
+                    .arg(dir.join(format!("data{i}")))
+                    .args([
+                        "--listen-client-urls",
+                        &endpoints[i],
+                        "--advertise-client-urls",
+                        &endpoints[i],
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &peer(i),
+                        "--initial-advertise-peer-urls",
+                        &peer(i),
+                    ])
+                    .args([
+                        "--initial-cluster",
+                        &cluster,
+                        "--initial-cluster-state",
+                        "new",
+                    ])
+                    .args(["--client-cert-auth", "--trusted-ca-file"])
+                    .arg(dir.join("ca.pem"))
+                    .arg("--cert-file")
+                    .arg(dir.join("server.pem"))
+                    .arg("--key-file")
+                    .arg(dir.join("server.key"))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.join(format!("etcd{i}.log"))).unwrap())
+                    .spawn()
+                    .expect(
+                        "etcd is installed (Debian package etcd-server; ./test.sh installs it)",
+                    );
+                Some(child)
+            })
+            .collect();
+        let etcd = Etcd {
+            members: children,
+            dir,
+            endpoints,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while etcd
+            .etcdctl(&["endpoint", "health", "--cluster"], None)
+            .code
+            != 0
+        {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        etcd
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = |f: &str| self.dir.join(f).display().to_string();
+        vec![
+            ("ETCDCTL_API".into(), "3".into()),
+            ("ETCDCTL_ENDPOINTS".into(), self.endpoints.join(",")),
+            ("ETCDCTL_CACERT".into(), path("ca.pem")),
+            ("ETCDCTL_CERT".into(), path("client.pem")),
+            ("ETCDCTL_KEY".into(), path("client.key")),
+            ("ETCDCTL_DIAL_TIMEOUT".into(), "1s".into()),
+            ("ETCDCTL_COMMAND_TIMEOUT".into(), "2s".into()),
+        ]
+    }
+
+    pub fn etcdctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        etcdctl(&self.env(), args, stdin)
+    }
+
+    pub fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.members[member].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn etcdctl(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (Debian package etcd-client)");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        timed_out: false,
+    }
+}
