@@ -91,7 +91,7 @@ impl GuestManager for ManagerResource {
     }
 
     fn state(&self) -> Result<wit::State, wit::Error> {
-        let state = self.with(|m, fx| driver::state(m, fx))?;
+        let state = self.with(driver::state)?;
         Ok(wit::State {
             status: match state.status {
                 Status::NotReady => wit::Status::NotReady,
