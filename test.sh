@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test, from scratch: installs what it needs (the wasm target, etcd, Python packages),
-# then runs the Rust checks and tests (core, component, simulator property search) and
-# the Python host's tests. Usage: ./test.sh   (ROLLINGOPS_SEEDS=10000 ./test.sh for a
-# wider property search).
+# then runs the Rust checks and tests (core, component, simulator property search, real
+# etcd, fake-Juju end-to-end, conformance vectors), then the Python and Go hosts' tests.
+# Usage: ./test.sh   (ROLLINGOPS_SEEDS=10000 ./test.sh for a wider property search).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,9 +29,10 @@ cargo clippy -p rollingops-guest --target wasm32-wasip2 -- -D warnings
 step "cargo test (core, component boundary, simulator; ${ROLLINGOPS_SEEDS:-1000} property seeds)"
 cargo test --workspace
 
-if [ -x host/python/run_tests.sh ]; then
-    step "Python host"
-    host/python/run_tests.sh
-fi
+step "Python host (pytest + ops.testing, ruff, mypy)"
+host/python/run_tests.sh
+
+step "Go host (gofmt, go vet, go test over the C ABI)"
+host/go/run_tests.sh
 
 step "all tests passed"

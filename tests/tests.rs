@@ -1,8 +1,17 @@
 //! All integration tests in one binary (one component compile).
 //!
 //! * `simulation` — scenarios and the seeded property search over the simulator;
-//! * `boundary` — errors, state and the cache across the component boundary.
+//! * `boundary` — errors, state and the cache across the component boundary;
+//! * `bridge` — `rollingops bridge` driven as a foreign host would, and its documented
+//!   transcript;
+//! * `e2e` — real processes: the example Rust charm per unit under a fake Juju
+//!   (`fake_juju`, hook tools in `fake-juju/`), rolling restarts, faults, and costs;
 
 mod boundary;
+mod bridge;
+mod e2e;
+mod e2e_go;
 mod etcd;
+mod fake_juju;
 mod simulation;
+mod vectors;

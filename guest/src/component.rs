@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use crate::driver::{self, BagOwner, Effects};
 use crate::error::Error;
 use crate::etcd::worker::Output;
-use crate::manager::{CallbackOutcome, Config, Event, LogLevel, Manager, Status, SyncBackendError};
+use crate::manager::{
+    CallbackOutcome, ClientIdentity, Config, Event, LogLevel, Manager, Status, SyncBackendError,
+};
 use crate::timestamp::Timestamp;
 use crate::wire::{Backend, Bag};
 
@@ -17,7 +19,7 @@ wit_bindgen::generate!({
 
 use exports::juju::rollingops::api::{Guest, GuestManager, Manager as ManagerHandle};
 use juju::rollingops::types as wit;
-use juju::rollingops::{charm, clock, files, juju as hook, process};
+use juju::rollingops::{charm, clock, crypto, files, juju as hook, process};
 
 struct Component;
 
@@ -251,6 +253,35 @@ impl Effects for Imports {
 
     fn sleep_ms(&mut self, ms: u64) {
         clock::sleep_ms(ms)
+    }
+
+    fn relation_get_remote_app(&mut self, relation_id: u32) -> Result<Bag, Error> {
+        Ok(hook::relation_get_remote_app(relation_id)
+            .map_err(from_wit)?
+            .into_iter()
+            .collect())
+    }
+
+    fn secret_get(&mut self, label_or_id: &str) -> Result<Option<Bag>, Error> {
+        let found = hook::secret_get(label_or_id).map_err(from_wit)?;
+        Ok(found.exists.then(|| found.content.into_iter().collect()))
+    }
+
+    fn secret_add(&mut self, label: &str, content: &[(String, String)]) -> Result<String, Error> {
+        hook::secret_add(label, content).map_err(from_wit)
+    }
+
+    fn secret_grant(&mut self, id: &str, relation_id: u32) -> Result<(), Error> {
+        hook::secret_grant(id, relation_id).map_err(from_wit)
+    }
+
+    fn generate_client_identity(&mut self, common_name: &str) -> Result<ClientIdentity, Error> {
+        let identity = crypto::generate_client_identity(common_name).map_err(from_wit)?;
+        Ok(ClientIdentity {
+            ca_cert: identity.ca_cert,
+            client_cert: identity.client_cert,
+            client_key: identity.client_key,
+        })
     }
 }
 

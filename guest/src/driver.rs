@@ -8,11 +8,13 @@ use crate::etcd::etcdctl::{self, Failure};
 use crate::etcd::keys;
 use crate::etcd::worker::{self, Call, Output, Step, Timing, Worker};
 use crate::manager::{
-    CallbackOutcome, Command, Config, EtcdContext, EtcdFacts, Event, HookContext, LogLevel,
-    Manager, PeerData, State, SyncBackendError, sync_acquire_error, sync_release_error,
+    CallbackOutcome, ClientIdentity, Command, Config, EtcdContext, EtcdFacts, Event, HookContext,
+    LogLevel, Manager, PeerData, State, SyncBackendError, sync_acquire_error, sync_release_error,
 };
 use crate::timestamp::Timestamp;
 use crate::wire::Bag;
+
+mod etcd_relation;
 
 /// Whose bag to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,37 @@ pub trait Effects {
     fn sleep_ms(&mut self, ms: u64) {
         let _ = ms;
     }
+    /// The remote application's bag on a relation.
+    fn relation_get_remote_app(&mut self, relation_id: u32) -> Result<Bag, Error> {
+        let _ = relation_id;
+        Err(Error::Host(
+            "this host cannot read a remote application's bag".into(),
+        ))
+    }
+    /// A secret's content by id or label (latest revision); `None` if there is none.
+    fn secret_get(&mut self, label_or_id: &str) -> Result<Option<Bag>, Error> {
+        let _ = label_or_id;
+        Err(Error::Host("this host has no secrets".into()))
+    }
+    /// Create an application secret; its id.
+    fn secret_add(&mut self, label: &str, content: &[(String, String)]) -> Result<String, Error> {
+        let _ = (label, content);
+        Err(Error::Host("this host has no secrets".into()))
+    }
+    /// Grant a secret to a relation.
+    fn secret_grant(&mut self, id: &str, relation_id: u32) -> Result<(), Error> {
+        let _ = (id, relation_id);
+        Err(Error::Host("this host has no secrets".into()))
+    }
+    /// Generate the etcd client identity for `common_name` (spec/etcd.md §3.2).
+    fn generate_client_identity(&mut self, common_name: &str) -> Result<ClientIdentity, Error> {
+        let _ = common_name;
+        Err(Error::Host("this host cannot generate keys".into()))
+    }
+    /// Fill `buf` with random bytes (the operating system's, or WASI's in the component).
+    fn random_bytes(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        getrandom::fill(buf).map_err(|e| Error::Host(format!("no randomness: {e}")))
+    }
 }
 
 /// Read this hook's snapshot and build the manager.
@@ -130,15 +163,18 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
             })
         }
     };
-    let etcd = match (&config.etcd_relation_name, &config.cluster_id) {
+    let (etcd, etcd_relation) = match (&config.etcd_relation_name, &config.cluster_id) {
         (Some(endpoint), Some(cluster)) if !cluster.is_empty() => {
             let etcd_managed = peer
                 .as_ref()
                 .and_then(|p| p.local.get(crate::wire::PROCESSING_BACKEND))
                 .is_some_and(|b| b == "etcd");
-            Some(load_etcd(fx, endpoint, cluster, &unit, etcd_managed)?)
+            let relation = etcd_relation::load(fx, endpoint, &unit, leader)?;
+            let exists = relation.relation_id.is_some();
+            let etcd = load_etcd(fx, exists, cluster, &unit, etcd_managed)?;
+            (Some(etcd), Some(relation))
         }
-        _ => None,
+        _ => (None, None),
     };
     Manager::new(
         config,
@@ -148,6 +184,7 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
             leader,
             peer,
             etcd,
+            etcd_relation,
         },
     )
 }
@@ -156,12 +193,11 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
 /// the lock and this unit's queues.
 fn load_etcd(
     fx: &mut impl Effects,
-    endpoint: &str,
+    relation: bool,
     cluster_id: &str,
     unit: &str,
     read_facts: bool,
 ) -> Result<EtcdContext, Error> {
-    let relation = !fx.relation_ids(endpoint)?.is_empty();
     let environment = match (fx.read_file(ETCDCTL_JSON), fx.read_file(SERVER_CA)) {
         (Ok(Some(config)), Ok(Some(_))) => environment(&String::from_utf8_lossy(&config)),
         (Ok(None), _) => Err(format!(
@@ -290,6 +326,7 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                 }
             }
             Command::Log { level, message } => fx.log(level, &message),
+            Command::EtcdRelation(command) => etcd_relation::carry_out(manager, fx, command)?,
         }
     }
     Ok(())

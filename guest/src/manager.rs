@@ -20,6 +20,10 @@ use crate::wire::{self, Backend, Bag, Grant, Intent, LockState, UnitRecord};
 
 mod etcd_mode;
 pub use etcd_mode::{EtcdContext, EtcdFacts, EtcdPurpose};
+pub mod etcd_relation;
+pub use etcd_relation::{
+    ClientIdentity, EtcdRelation, LocalFiles, RelationCommand, SecretAdd, SecretRead,
+};
 
 /// The custom hook the manager dispatches to wake a unit up for its turn.
 pub const LOCK_GRANTED_HOOK: &str = "rollingops_lock_granted";
@@ -112,6 +116,9 @@ pub struct HookContext {
     pub peer: Option<PeerData>,
     /// etcd, when the charm configured an etcd relation name and a cluster id.
     pub etcd: Option<EtcdContext>,
+    /// The etcd relation and the files under `base_dir` it governs; present under the same
+    /// condition as `etcd`.
+    pub etcd_relation: Option<EtcdRelation>,
 }
 
 /// Severity of a log line.
@@ -179,6 +186,9 @@ pub enum Command {
     StartWorker,
     /// Ask this unit's etcd worker to release and exit.
     StopWorker,
+    /// An effect of the etcd relation flows (secrets, key generation, files); the host
+    /// answers as each variant says.
+    EtcdRelation(RelationCommand),
     /// Write a log line.
     Log {
         /// Severity.
@@ -250,6 +260,8 @@ pub struct Manager {
     /// The etcd op (key, op) the running callback executes.
     awaiting_etcd: Option<(String, Operation)>,
     etcd: Option<EtcdContext>,
+    etcd_relation: Option<EtcdRelation>,
+    relation_flow: etcd_relation::RelationFlow,
     callback_ran: bool,
     dispatched: bool,
 }
@@ -295,6 +307,8 @@ impl Manager {
             awaiting: None,
             awaiting_etcd: None,
             etcd: context.etcd,
+            etcd_relation: context.etcd_relation,
+            relation_flow: Default::default(),
             callback_ran: false,
             dispatched: false,
         })
@@ -426,6 +440,7 @@ impl Manager {
 
     /// React to a hook.
     pub fn handle_event(&mut self, event: Event) -> Result<(), Error> {
+        self.etcd_relation_event(&event);
         if self.peer.is_none() {
             if event == Event::LockGranted {
                 self.log(LogLevel::Error, format!("{}", self.no_relation()));
@@ -451,13 +466,9 @@ impl Manager {
                 self.fall_back("the etcd worker reported a failure");
                 self.advance(true);
             }
-            Event::EtcdRelationCreated
-            | Event::EtcdRelationChanged
-            | Event::EtcdRelationBroken
-            | Event::SecretChanged(_) => self.log(
-                LogLevel::Debug,
-                "etcd relation events need the etcd client identity, which this build does not manage yet.".into(),
-            ),
+            // Without the relation an etcd-managed unit falls back at once.
+            Event::EtcdRelationBroken => self.advance(true),
+            Event::EtcdRelationCreated | Event::EtcdRelationChanged | Event::SecretChanged(_) => {}
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! A small Rust charm using rollingops: this binary is the charm's `dispatch`.
 //!
 //! It "restarts" a fake service one unit at a time. The `restart` action (dispatch path
-//! `actions/restart`, parameter `delay` in seconds) queues a restart; every other hook is
-//! handed to the library, which runs the callback when this unit holds the lock. The
+//! `actions/restart`, parameter `delay` in seconds; all parameters become the operation's
+//! kwargs) queues a restart; every other hook is handed to the library, which runs the
+//! callback when this unit holds the lock. The
 //! callback appends `<unix-micros> start <unit> <hook-context>` to the service log, sleeps
 //! `delay` seconds (or the `restart-delay` config option), then appends the matching
 //! `stop` line: two units' start..stop intervals must never overlap.
@@ -57,11 +58,11 @@ fn run(started: Instant) -> Result<(), Box<dyn std::error::Error>> {
     let hook = HookEnv::from_env();
     match hook.action() {
         Some("restart") => {
-            let params = juju::action_get()?;
-            let mut kwargs = Map::new();
-            if let Some(delay) = params.get("delay").filter(|d| !d.is_null()) {
-                kwargs.insert("delay".into(), delay.clone());
-            }
+            // The action's parameters (`delay`, …) become the operation's kwargs.
+            let kwargs = match juju::action_get()? {
+                Value::Object(params) => params,
+                _ => Map::new(),
+            };
             manager.request_async_lock("restart", Value::Object(kwargs), None)?;
             println!(
                 "restart queued: {}",

@@ -51,18 +51,6 @@ func loadRuntime(cacheDir string) (*C.rollingops_runtime, error) {
 	return rt, nil
 }
 
-// cacheOutcome says how the runtime for cacheDir obtained the component: "hit",
-// "compiled", "rebuilt" or "uncached" ("" if not loaded).
-func cacheOutcome(cacheDir string) string {
-	runtimes.Lock()
-	defer runtimes.Unlock()
-	rt, ok := runtimes.byDir[cacheDir]
-	if !ok {
-		return ""
-	}
-	return C.GoString(C.rollingops_runtime_cache_outcome(rt))
-}
-
 // className is the C library's class name for a code.
 func className(c code, fallback string) string {
 	name := C.GoString(C.rollingops_code_class(C.int32_t(c)))

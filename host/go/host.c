@@ -34,5 +34,9 @@ rollingops_host rollingops_go_host(void *user_data) {
                                           rollingops_reply *))rollingopsGoSyncAcquire;
     host.sync_backend_release =
         (void (*)(void *, const char *, rollingops_reply *))rollingopsGoSyncRelease;
+    host.start_worker = rollingopsGoStartWorker;
+    host.secret_grant =
+        (void (*)(void *, const char *, uint32_t, rollingops_reply *))rollingopsGoSecretGrant;
+    host.relation_get_remote_app = rollingopsGoRelationGetRemoteApp;
     return host;
 }

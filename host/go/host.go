@@ -170,6 +170,34 @@ func rollingopsGoSecretAdd(userData unsafe.Pointer, label *C.char, contentJSON *
 	replyOK(reply, id)
 }
 
+//export rollingopsGoSecretGrant
+func rollingopsGoSecretGrant(userData unsafe.Pointer, id *C.char, relationID C.uint32_t, reply *C.rollingops_reply) {
+	s := sessionOf(userData)
+	defer s.guard(reply, codeHost)
+	secrets, ok := s.juju.(Secrets)
+	if !ok {
+		replyError(reply, codeHost, "secrets are not available in this host")
+		return
+	}
+	replyJSON(reply, nil, secrets.SecretGrant(C.GoString(id), int(relationID)))
+}
+
+//export rollingopsGoRelationGetRemoteApp
+func rollingopsGoRelationGetRemoteApp(userData unsafe.Pointer, relationID C.uint32_t, reply *C.rollingops_reply) {
+	s := sessionOf(userData)
+	defer s.guard(reply, codeHost)
+	remote, ok := s.juju.(RemoteApps)
+	if !ok {
+		replyError(reply, codeHost, "this host cannot read a remote application's bag")
+		return
+	}
+	bag, err := remote.RelationGetRemoteApp(int(relationID))
+	if bag == nil {
+		bag = map[string]string{}
+	}
+	replyJSON(reply, bag, err)
+}
+
 //export rollingopsGoLog
 func rollingopsGoLog(userData unsafe.Pointer, level C.int32_t, message *C.char) {
 	s := sessionOf(userData)
@@ -259,6 +287,18 @@ func rollingopsGoSyncRelease(userData unsafe.Pointer, id *C.char, reply *C.rolli
 		return
 	}
 	replySync(reply, backend.Release(s.context()))
+}
+
+//export rollingopsGoStartWorker
+func rollingopsGoStartWorker(userData unsafe.Pointer, reply *C.rollingops_reply) {
+	s := sessionOf(userData)
+	defer s.guard(reply, codeHost)
+	starter, ok := s.juju.(WorkerStarter)
+	if !ok {
+		replyError(reply, codeEtcdNotConfigured, "this host cannot start the etcd worker")
+		return
+	}
+	replyJSON(reply, nil, starter.StartWorker())
 }
 
 func replySync(reply *C.rollingops_reply, err error) {

@@ -7,8 +7,8 @@ import (
 
 // Juju is what the library needs from Juju, one method per hook tool (the WIT `juju`
 // interface). The library calls it synchronously during a Manager call, on the calling
-// goroutine. HookTools runs the real hook tools; rollingopstest.Model is an in-memory
-// implementation for tests.
+// goroutine. Leave Config.Juju nil to use the real hook tools (carried by the native
+// library); rollingopstest.Model is an in-memory implementation for tests.
 //
 // Errors travel to the component as the WIT error case they match with errors.Is (for
 // example ErrNoRelation), otherwise as ErrHost with the error's text.
@@ -56,12 +56,27 @@ type Secrets interface {
 	SecretGet(labelOrID string) (content map[string]string, ok bool, err error)
 	// SecretAdd creates an application-owned secret with a label and returns its id.
 	SecretAdd(label string, content map[string]string) (id string, err error)
+	// SecretGrant lets the remote application of a relation read a secret (secret-grant).
+	SecretGrant(id string, relationID int) error
+}
+
+// RemoteApps is implemented by a Juju that can read a remote application's databag
+// (relation-get --app - <remote-app>), which etcd mode needs for the etcd relation.
+type RemoteApps interface {
+	RelationGetRemoteApp(relationID int) (map[string]string, error)
 }
 
 // Sleeper is implemented by a Juju with its own clock (the etcd worker and the sync lock
 // sleep). Without it, the library sleeps for real.
 type Sleeper interface {
 	Sleep(d time.Duration)
+}
+
+// WorkerStarter is implemented by a Juju that can start the etcd worker: a detached
+// process, outside any hook, that builds a Manager and runs its worker loop. Without it,
+// etcd mode reports ErrEtcdNotConfigured.
+type WorkerStarter interface {
+	StartWorker() error
 }
 
 // LogLevel is a juju-log level.

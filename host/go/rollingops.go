@@ -13,16 +13,20 @@
 //	cargo build -p rollingops-capi            # links with the default build
 //	cargo build --release -p rollingops-capi  # links with -tags rollingops_release
 //
-// In a charm, build one Manager per hook:
+// In a charm, build one Manager per hook (Config.Juju nil: the hook tools):
 //
-//	m, err := rollingops.New(rollingops.Config{
+//	cfg := rollingops.Config{
 //		PeerRelation: "restart",
 //		Callbacks: map[string]rollingops.Callback{
 //			"restart": func(ctx context.Context, kwargs map[string]any) (rollingops.Result, error) {
 //				return rollingops.Release, restartWorkload(ctx)
 //			},
 //		},
-//	})
+//	}
+//	m, err := rollingops.New(cfg)
+//	if err != nil {
+//		return err
+//	}
 //	defer m.Close()
 //	if ev, ok := rollingops.EventForHook(cfg, os.Getenv); ok {
 //		err = m.HandleEvent(ctx, ev)
@@ -67,7 +71,10 @@ type Config struct {
 	Callbacks map[string]Callback
 	// SyncLocks are the charm's sync-lock backends, by id (sync_lock_targets).
 	SyncLocks map[string]SyncLockBackend
-	// Juju is the unit's view of Juju; HookTools{} (the real hook tools) when nil.
+	// Juju is the unit's view of Juju. When nil, the native library carries every Juju
+	// effect itself with the hook tools on PATH (is-leader, relation-*, juju-log, secret-*,
+	// and juju-exec for dispatch), as the Rust host and the CLI do, reading
+	// JUJU_UNIT_NAME, JUJU_MODEL_UUID and JUJU_CHARM_DIR: what a charm wants in a hook.
 	Juju Juju
 }
 
@@ -93,10 +100,6 @@ func New(cfg Config) (*Manager, error) {
 				Message: "sync lock backend " + id + " is nil"}
 		}
 	}
-	juju := cfg.Juju
-	if juju == nil {
-		juju = HookTools{}
-	}
 	baseDir := cfg.BaseDir
 	if baseDir == "" {
 		baseDir = DefaultBaseDir
@@ -113,6 +116,7 @@ func New(cfg Config) (*Manager, error) {
 		cacheDir = baseDir
 	}
 	wire := map[string]any{
+		"hook_tools":         cfg.Juju == nil,
 		"peer_relation_name": cfg.PeerRelation,
 		"etcd_relation_name": optional(cfg.EtcdRelation),
 		"cluster_id":         optional(cfg.ClusterID),
@@ -125,7 +129,7 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newSession(cacheDir, string(configJSON), juju, cfg.Callbacks, cfg.SyncLocks)
+	s, err := newSession(cacheDir, string(configJSON), cfg.Juju, cfg.Callbacks, cfg.SyncLocks)
 	if err != nil {
 		return nil, err
 	}

@@ -509,6 +509,18 @@ func TestHostErrorsReachTheCaller(t *testing.T) {
 	}
 }
 
+func TestHookToolsNeedAJujuEnvironment(t *testing.T) {
+	if os.Getenv("JUJU_UNIT_NAME") != "" {
+		t.Skip("running inside a Juju hook")
+	}
+	// Without Config.Juju the native library uses the hook tools, and needs to know the unit.
+	_, err := rollingops.New(rollingops.Config{PeerRelation: "restart", BaseDir: cacheDir})
+	e := libraryError(t, err, rollingops.ErrHost)
+	if !strings.Contains(e.Message, "JUJU_UNIT_NAME") {
+		t.Fatalf("%+v", e)
+	}
+}
+
 func TestEventForHook(t *testing.T) {
 	cfg := rollingops.Config{PeerRelation: "restart", EtcdRelation: "etcd"}
 	env := func(vars map[string]string) func(string) string {

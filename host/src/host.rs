@@ -4,7 +4,10 @@
 //! [`crate::runtime::Session`] adds the sandboxed `process` and `files` imports itself.
 
 use crate::bindings::juju::rollingops::charm::SyncBackendError;
+use crate::bindings::juju::rollingops::crypto::ClientIdentity;
 use crate::bindings::juju::rollingops::types::{BagOwner, CallbackOutcome, Error, LogLevel};
+
+pub mod identity;
 
 /// Identity, relation data, logs, wake-ups and the charm's callbacks.
 pub trait Host: Send {
@@ -40,6 +43,32 @@ pub trait Host: Send {
     fn secret_add(&mut self, label: &str, content: &[(String, String)]) -> Result<String, Error> {
         let _ = (label, content);
         Err(Error::Host("secrets are not available in this host".into()))
+    }
+    /// Grant an application secret to a relation (`secret-grant <id> -r <relation>`).
+    fn secret_grant(&mut self, id: &str, relation_id: u32) -> Result<(), Error> {
+        let _ = (id, relation_id);
+        Err(Error::Host("secrets are not available in this host".into()))
+    }
+    /// The remote application's bag on a relation (`relation-get --app - <remote-app>`);
+    /// `relation_get` with [`BagOwner::App`] reads this application's own bag.
+    fn relation_get_remote_app(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let _ = relation_id;
+        Err(Error::Host(
+            "this host cannot read a remote application's bag".into(),
+        ))
+    }
+    /// The etcd client identity for `common_name` (spec/etcd.md §3.2). By default made
+    /// here with RustCrypto ([`identity::generate`]); override to supply keys otherwise.
+    fn generate_client_identity(&mut self, common_name: &str) -> Result<ClientIdentity, Error> {
+        let made = identity::generate(common_name).map_err(Error::Host)?;
+        Ok(ClientIdentity {
+            ca_cert: made.ca_cert,
+            client_cert: made.client_cert,
+            client_key: made.client_key,
+        })
     }
     /// Start this unit's etcd worker in a detached process unless one runs (the component
     /// decides when; the host only carries it out).

@@ -11,7 +11,7 @@ use crate::bindings::Rollingops;
 use crate::bindings::juju::rollingops::types::{
     self as wit, BagOwner, CallbackOutcome, Config, Event, ExecOutput, LogLevel, State,
 };
-use crate::bindings::juju::rollingops::{charm, clock, files, juju, process};
+use crate::bindings::juju::rollingops::{charm, clock, crypto, files, juju, process};
 use crate::cache::{self, CacheOutcome};
 use crate::host::Host;
 use crate::sandbox::Sandbox;
@@ -316,6 +316,15 @@ impl juju::Host for StoreData {
     ) -> Result<String, wit::Error> {
         self.host.secret_add(&label, &content)
     }
+    fn secret_grant(&mut self, id: String, relation_id: u32) -> Result<(), wit::Error> {
+        self.host.secret_grant(&id, relation_id)
+    }
+    fn relation_get_remote_app(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Vec<(String, String)>, wit::Error> {
+        self.host.relation_get_remote_app(relation_id)
+    }
     fn log(&mut self, level: LogLevel, message: String) {
         self.host.log(level, &message)
     }
@@ -363,6 +372,15 @@ impl files::Host for StoreData {
     }
     fn remove(&mut self, path: String) -> Result<(), wit::Error> {
         self.sandbox.remove(&path)
+    }
+}
+
+impl crypto::Host for StoreData {
+    fn generate_client_identity(
+        &mut self,
+        common_name: String,
+    ) -> Result<crypto::ClientIdentity, wit::Error> {
+        self.host.generate_client_identity(&common_name)
     }
 }
 

@@ -344,14 +344,17 @@ def secret_set(args):
 
 
 def commit(unit, writes):
-    """Apply a finished hook's writes; returns (committed, changed, refusal)."""
+    """Apply a finished hook's writes; returns (committed, changed, refusal, grant) where
+    ``grant`` is the new ``granted_unit`` when the commit changed it ('' = released)."""
     with state_lock():
         model = load('model.json', {})
         if unit not in model.get('units', []):
-            return False, False, 'the unit was removed'
+            return False, False, 'the unit was removed', None
         if writes['app'] and model.get('leader') != unit:
-            return False, False, 'cannot commit application settings: this unit is not the leader'
+            refusal = 'cannot commit application settings: this unit is not the leader'
+            return False, False, refusal, None
         bags = load('bags.json', {'app': {}, 'units': {}})
+        before = bags.get('app', {}).get('granted_unit', '')
         changed = False
         for bag, data in ((bags.setdefault('app', {}), writes['app']),
                           (bags.setdefault('units', {}).setdefault(unit, {}), writes['unit'])):
@@ -363,7 +366,8 @@ def commit(unit, writes):
                     changed = True
         if changed:
             save('bags.json', bags)
-        return True, changed, None
+        after = bags['app'].get('granted_unit', '')
+        return True, changed, None, (after if after != before else None)
 
 
 def run_hook(unit, dispatch_path, command, extra_env, params, cause, source, label):
@@ -437,9 +441,9 @@ def run_hook(unit, dispatch_path, command, extra_env, params, cause, source, lab
                         writes = json.load(f)
                 except FileNotFoundError:
                     pass
-                committed, changed, refusal = False, False, None
+                committed, changed, refusal, grant = False, False, None, None
                 if code == 0:
-                    committed, changed, refusal = commit(unit, writes)
+                    committed, changed, refusal, grant = commit(unit, writes)
                     if refusal:
                         code = 1
                         log.write(f'ERROR {refusal}\n')
@@ -456,6 +460,7 @@ def run_hook(unit, dispatch_path, command, extra_env, params, cause, source, lab
                 'committed': committed,
                 'changed': changed,
                 'refusal': refusal,
+                'grant': grant,
             }
             with open(path('journal.jsonl'), 'a') as f:
                 f.write(json.dumps(entry) + '\n')
@@ -470,7 +475,7 @@ def exit_code(code):
 
 
 def run_hook_main(args):
-    """``run-hook --unit U --path hooks/x [--cause C] [--params JSON] [--env K=V]...``."""
+    """``run-hook --unit U --path hooks/x [--cause C] [--params-file F] [--env K=V]...``."""
     unit, dispatch_path, cause, params, env = '', '', None, None, {}
     it = iter(args)
     for arg in it:
@@ -480,8 +485,9 @@ def run_hook_main(args):
             dispatch_path = next(it)
         elif arg == '--cause':
             cause = next(it)
-        elif arg == '--params':
-            params = json.loads(next(it))
+        elif arg == '--params-file':
+            with open(next(it)) as f:
+                params = json.load(f)
         elif arg == '--env':
             key, _, value = next(it).partition('=')
             env[key] = value

@@ -31,11 +31,20 @@
  * JSON shapes
  *   config (rollingops_session_new):
  *     {"peer_relation_name": "restart",          required
+ *      "hook_tools": false,                      optional, this default: true makes the
+ *                                                library carry every Juju effect itself with
+ *                                                the hook tools on PATH (is-leader,
+ *                                                relation-*, juju-log, secret-*, juju-exec),
+ *                                                reading JUJU_UNIT_NAME, JUJU_MODEL_UUID and
+ *                                                JUJU_CHARM_DIR; the vtable then needs only
+ *                                                the charm's functions (run_callback and,
+ *                                                optionally, the sync backends)
  *      "etcd_relation_name": null,               optional string
  *      "cluster_id": null,                       optional string
  *      "base_dir": "/var/lib/rollingops",        optional, this default
- *      "charm_dir": ".",                         optional, this default (etcdctl lives in
- *                                                <charm_dir>/usr/bin)
+ *      "charm_dir": ".",                         optional, this default ($JUJU_CHARM_DIR
+ *                                                with hook_tools); etcdctl lives in
+ *                                                <charm_dir>/usr/bin
  *      "callback_ids": ["restart"],              optional, default []
  *      "sync_lock_ids": ["stop-replset-member"]} optional, default []
  *   event (rollingops_handle_event): a WIT `event` case name as a JSON string, or a
@@ -62,7 +71,8 @@
 extern "C" {
 #endif
 
-/* Bumped whenever a signature or a JSON shape in this header changes. */
+/* Bumped whenever a signature or a JSON shape in this header changes. (rollingops_host only
+   grows at its end; zero-initialise it so that functions added later are NULL.) */
 #define ROLLINGOPS_ABI_VERSION 1
 
 /* Result codes. */
@@ -126,6 +136,8 @@ void rollingops_reply_error(rollingops_reply *reply, int32_t code, const char *m
 /*
  * The host: the component's view of Juju and of the charm. Each function gets
  * `user_data` first. Strings passed to it are NUL-terminated UTF-8, valid during the call.
+ * With "hook_tools" in the config, only run_callback, sync_backend_acquire and
+ * sync_backend_release are used (the others may be NULL).
  * Unless noted, a function answers through `reply`: ok with the data described, or an
  * error (code 1-12, usually ROLLINGOPS_HOST with the hook tool's stderr).
  * Functions marked optional may be NULL.
@@ -183,6 +195,18 @@ typedef struct rollingops_host {
                                  rollingops_reply *reply);
     /* `SyncLockBackend.release()` of backend `id`; replies as sync_backend_acquire. */
     void (*sync_backend_release)(void *user_data, const char *id, rollingops_reply *reply);
+    /* Start this unit's etcd worker (a detached process that runs the component's
+       run-worker outside any hook) unless one is running; return at once. ok: started or
+       already running. Optional (NULL: ROLLINGOPS_ETCD_NOT_CONFIGURED). */
+    void (*start_worker)(void *user_data, rollingops_reply *reply);
+    /* Grant application secret `id` to relation `relation_id` (`secret-grant`). ok:
+       anything. Optional (NULL: ROLLINGOPS_HOST "secrets are not available"). */
+    void (*secret_grant)(void *user_data, const char *id, uint32_t relation_id,
+                         rollingops_reply *reply);
+    /* ok: JSON object of the remote application's bag on the relation (`relation-get --app
+       - <remote-app>`), {} when it wrote nothing. Optional (NULL: ROLLINGOPS_HOST). */
+    void (*relation_get_remote_app)(void *user_data, uint32_t relation_id,
+                                    rollingops_reply *reply);
 } rollingops_host;
 
 /* ROLLINGOPS_ABI_VERSION of the linked library. */

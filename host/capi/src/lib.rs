@@ -19,6 +19,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rollingops::cache::CacheOutcome;
+use rollingops::juju::{CharmCode, JujuEnv, JujuHost};
 use rollingops::runtime::message;
 use rollingops::sandbox::Sandbox;
 use rollingops::{
@@ -353,11 +354,24 @@ pub struct HostVtable {
         Option<unsafe extern "C" fn(*mut c_void, *const c_char, i64, *mut Reply)>,
     /// Release a sync-lock backend (optional).
     pub sync_backend_release: Option<unsafe extern "C" fn(*mut c_void, *const c_char, *mut Reply)>,
+    /// Start the etcd worker (optional).
+    pub start_worker: Option<unsafe extern "C" fn(*mut c_void, *mut Reply)>,
+    /// Grant a secret to a relation (optional).
+    pub secret_grant: Option<unsafe extern "C" fn(*mut c_void, *const c_char, u32, *mut Reply)>,
+    /// The remote application's bag (optional).
+    pub relation_get_remote_app: Option<unsafe extern "C" fn(*mut c_void, u32, *mut Reply)>,
 }
 
 impl HostVtable {
-    /// The required functions that are missing.
-    fn missing(&self) -> Vec<&'static str> {
+    /// The required functions that are missing (only `run_callback` when the hook tools
+    /// carry the Juju effects).
+    fn missing(&self, hook_tools: bool) -> Vec<&'static str> {
+        if hook_tools {
+            return match self.run_callback {
+                Some(_) => vec![],
+                None => vec!["run_callback"],
+            };
+        }
         let required = [
             ("unit_name", self.unit_name.is_some()),
             ("is_leader", self.is_leader.is_some()),
@@ -567,6 +581,42 @@ impl Host for CHost {
         wit_result(self.ask(|ud, reply| unsafe { f(ud, label.as_ptr(), content.as_ptr(), reply) }))
     }
 
+    fn secret_grant(&mut self, id: &str, relation_id: u32) -> Result<(), WitError> {
+        let Some(f) = self.vtable.secret_grant else {
+            return Err(WitError::Host(
+                "secrets are not available in this host".into(),
+            ));
+        };
+        let id = c_arg(id, "secret id")?;
+        // SAFETY: as above.
+        wit_result(self.ask(|ud, reply| unsafe { f(ud, id.as_ptr(), relation_id, reply) }))
+            .map(drop)
+    }
+
+    fn relation_get_remote_app(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Vec<(String, String)>, WitError> {
+        let Some(f) = self.vtable.relation_get_remote_app else {
+            return Err(WitError::Host(
+                "this host cannot read a remote application's bag".into(),
+            ));
+        };
+        // SAFETY: as above.
+        let text = wit_result(self.ask(|ud, reply| unsafe { f(ud, relation_id, reply) }))?;
+        parse_reply(&text, "relation_get_remote_app", string_pairs)
+    }
+
+    fn start_worker(&mut self) -> Result<(), WitError> {
+        let Some(f) = self.vtable.start_worker else {
+            return Err(WitError::EtcdNotConfigured(
+                "this host cannot start the etcd worker".into(),
+            ));
+        };
+        // SAFETY: as above.
+        wit_result(self.ask(|ud, reply| unsafe { f(ud, reply) })).map(drop)
+    }
+
     fn log(&mut self, level: LogLevel, text: &str) {
         let f = Self::required(self.vtable.log, "log");
         let level = match level {
@@ -646,6 +696,23 @@ impl Host for CHost {
     }
 }
 
+/// With `hook_tools`, the vtable supplies only the charm's code.
+impl CharmCode for CHost {
+    fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
+        Host::run_callback(self, id, kwargs_json)
+    }
+    fn sync_backend_acquire(
+        &mut self,
+        id: &str,
+        timeout_seconds: Option<u32>,
+    ) -> Result<(), SyncBackendError> {
+        Host::sync_backend_acquire(self, id, timeout_seconds)
+    }
+    fn sync_backend_release(&mut self, id: &str) -> Result<(), SyncBackendError> {
+        Host::sync_backend_release(self, id)
+    }
+}
+
 fn sync_result(answer: Result<String, Failure>) -> Result<(), SyncBackendError> {
     match answer {
         Ok(_) => Ok(()),
@@ -658,8 +725,15 @@ fn sync_result(answer: Result<String, Failure>) -> Result<(), SyncBackendError> 
 // =====================================================================================
 // JSON in and out
 
-/// The session configuration: the WIT `config` plus the sandbox's charm directory.
-fn parse_config(json: &str) -> Result<(Config, String), Failure> {
+/// A session's configuration: the WIT `config`, the sandbox's charm directory, and whether
+/// the hook tools carry the Juju effects.
+struct SessionConfig {
+    config: Config,
+    charm_dir: Option<String>,
+    hook_tools: bool,
+}
+
+fn parse_config(json: &str) -> Result<SessionConfig, Failure> {
     let bad = |m: String| Failure::bad_call(format!("config: {m}"));
     let Value::Object(map) =
         serde_json::from_str::<Value>(json).map_err(|e| bad(format!("not JSON: {e}")))?
@@ -684,7 +758,8 @@ fn parse_config(json: &str) -> Result<(Config, String), Failure> {
             Some(_) => Err(bad(format!("{key} must be a list of strings"))),
         }
     };
-    const KEYS: [&str; 7] = [
+    const KEYS: [&str; 8] = [
+        "hook_tools",
         "peer_relation_name",
         "etcd_relation_name",
         "cluster_id",
@@ -705,8 +780,16 @@ fn parse_config(json: &str) -> Result<(Config, String), Failure> {
         callback_ids: strings("callback_ids")?,
         sync_lock_ids: strings("sync_lock_ids")?,
     };
-    let charm_dir = string("charm_dir")?.unwrap_or_else(|| ".".into());
-    Ok((config, charm_dir))
+    let hook_tools = match map.get("hook_tools") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("hook_tools must be a boolean".into())),
+    };
+    Ok(SessionConfig {
+        config,
+        charm_dir: string("charm_dir")?,
+        hook_tools,
+    })
 }
 
 /// A WIT `event` from its JSON form.
@@ -925,21 +1008,32 @@ pub unsafe extern "C" fn rollingops_session_new(
             let vtable = *host
                 .as_ref()
                 .ok_or_else(|| Failure::bad_call("host is NULL"))?;
-            let missing = vtable.missing();
+            let SessionConfig {
+                config,
+                charm_dir,
+                hook_tools,
+            } = parse_config(str_arg(config_json, "config_json")?)?;
+            let missing = vtable.missing(hook_tools);
             if !missing.is_empty() {
                 return Err(Failure::bad_call(format!(
                     "host functions missing: {}",
                     missing.join(", ")
                 )));
             }
-            let (config, charm_dir) = parse_config(str_arg(config_json, "config_json")?)?;
+            let (host, charm_dir): (Box<dyn Host>, String) = if hook_tools {
+                let env = JujuEnv::from_env().map_err(|e| Failure::new(code::HOST, e))?;
+                let charm_dir =
+                    charm_dir.unwrap_or_else(|| env.charm_dir.to_string_lossy().into_owned());
+                let host = JujuHost::new(env, &config.base_dir, Box::new(CHost { vtable }));
+                (Box::new(host), charm_dir)
+            } else {
+                (
+                    Box::new(CHost { vtable }),
+                    charm_dir.unwrap_or_else(|| ".".into()),
+                )
+            };
             let sandbox = Sandbox::new(charm_dir, config.base_dir.clone());
-            let created = Session::new(
-                &runtime.runtime,
-                Box::new(CHost { vtable }),
-                sandbox,
-                &config,
-            )?;
+            let created = Session::new(&runtime.runtime, host, sandbox, &config)?;
             *session = Box::into_raw(Box::new(SessionHandle {
                 busy: AtomicBool::new(false),
                 inner: UnsafeCell::new(SessionState {

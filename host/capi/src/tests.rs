@@ -159,6 +159,9 @@ fn vtable(f: &mut Fake) -> HostVtable {
         run_callback: Some(run_callback),
         sync_backend_acquire: Some(sync_acquire),
         sync_backend_release: Some(sync_release),
+        start_worker: None,
+        secret_grant: None,
+        relation_get_remote_app: None,
     }
 }
 
@@ -422,6 +425,49 @@ fn bad_configs_and_missing_host_functions_are_bad_calls() {
         .0,
         code::BAD_CALL
     );
+}
+
+#[test]
+fn hook_tools_need_only_the_charm_functions_and_a_juju_environment() {
+    let mut f = relation(&["app/0"]);
+    let mut vt = vtable(&mut f);
+    let charm_only = HostVtable {
+        unit_name: None,
+        is_leader: None,
+        relation_ids: None,
+        relation_units: None,
+        relation_get: None,
+        relation_set: None,
+        log: None,
+        dispatch: None,
+        now_micros: None,
+        ..vt
+    };
+    let config =
+        cr#"{"peer_relation_name":"restart","hook_tools":true,"callback_ids":["restart"]}"#;
+    let mut session = std::ptr::null_mut();
+    let mut message = std::ptr::null_mut();
+    if std::env::var_os("JUJU_UNIT_NAME").is_none() {
+        // SAFETY: valid pointers.
+        let code = unsafe {
+            rollingops_session_new(
+                runtime(),
+                config.as_ptr(),
+                &charm_only,
+                &mut session,
+                &mut message,
+            )
+        };
+        assert_eq!(code, code::HOST);
+        assert!(take(message).contains("JUJU_UNIT_NAME"));
+    }
+    vt.run_callback = None;
+    // SAFETY: valid pointers.
+    let code = unsafe {
+        rollingops_session_new(runtime(), config.as_ptr(), &vt, &mut session, &mut message)
+    };
+    assert_eq!(code, code::BAD_CALL);
+    assert_eq!(take(message), "host functions missing: run_callback");
 }
 
 #[test]

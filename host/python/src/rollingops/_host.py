@@ -6,7 +6,8 @@ wasmtime-py maps WIT values to Python as follows, and the return values below fo
 
 * ``result<T, error>`` is untagged: ``T`` itself on success, a ``Variant(case, message)`` on
   failure (the ``error`` variant is tagged because all its cases carry a string);
-* ``option<T>`` is ``None`` or ``T``; ``bag-owner`` is ``None`` (app) or the unit name;
+* ``option<T>`` is ``None`` or ``T``; ``bag-owner`` is ``None`` (this application) or the unit
+  name;
 * records are ``Record`` objects with the WIT field names (``timed-out``) as attributes.
 """
 
@@ -197,7 +198,9 @@ class Host:
 
     def _entity(self, relation: ops.Relation, owner: str | None) -> ops.Unit | ops.Application:
         if owner is None:
-            return self._model.app if relation.app is None else relation.app
+            # This application's bag (on a peer relation ``relation.app`` is the same app; on
+            # other relations it is the remote one, read by ``relation_get_remote_app``).
+            return self._model.app
         if owner == self._model.unit.name:
             return self._model.unit
         for unit in relation.units:
@@ -245,6 +248,23 @@ class Host:
         except ops.ModelError as e:
             return _err('host', f'secret-add {label} failed: {e}')
         return secret.id or ''
+
+    def secret_grant(self, secret_id: str, relation_id: int) -> Variant | None:
+        try:
+            secret = self._model.get_secret(id=secret_id)
+            secret.grant(self._relation(relation_id))
+        except (KeyError, ops.ModelError) as e:
+            return _err('host', f'secret-grant {secret_id} -r {relation_id} failed: {e}')
+        return None
+
+    def relation_get_remote_app(self, relation_id: int) -> list[tuple[str, str]] | Variant:
+        try:
+            relation = self._relation(relation_id)
+            if relation.app is None:
+                return []
+            return [(key, value) for key, value in relation.data[relation.app].items()]
+        except (KeyError, ops.ModelError) as e:
+            return _err('host', f'relation-get -r {relation_id} --app (remote) failed: {e}')
 
     def log(self, level: str, message: str) -> None:
         logger.log(_LEVELS.get(level, logging.INFO), '%s', message)
@@ -378,6 +398,24 @@ class Host:
         except OSError as e:
             return _err('file-system', f'cannot remove {path}: {e}')
         return None
+
+    # -- crypto ----------------------------------------------------------------------------
+
+    def generate_client_identity(self, common_name: str) -> Record | Variant:
+        try:
+            # Imported here: only the leader's first etcd hook needs it.
+            from ._crypto import generate_client_identity
+        except ImportError as e:
+            return _err('lib-missing', f'the cryptography package is not installed: {e}')
+        try:
+            identity = generate_client_identity(common_name)
+        except (ValueError, TypeError) as e:
+            return _err('host', f'generating the etcd client identity failed: {e}')
+        return _record(
+            ca_cert=identity.ca_cert,
+            client_cert=identity.client_cert,
+            client_key=identity.client_key,
+        )
 
     # -- charm -----------------------------------------------------------------------------
 
