@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use rollingops_tests::{binaries, temp_dir};
+use crate::fake_juju::binaries;
+use rollingops_tests::temp_dir;
 use serde_json::{Value, json};
 
 /// A running `rollingops bridge`.
@@ -452,7 +453,14 @@ fn queries_sync_lock_and_errors_keep_their_reference_classes() {
     assert_eq!(error["class"], "ValueError");
     let described = bridge.call("describe", m(json!({})), &mut answer).unwrap();
     assert_eq!(described["unit"], "app/1");
-    assert_eq!(described["units"][1]["queue"][0]["max_retry"], 2);
+    let own = described["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "app/1")
+        .unwrap();
+    assert_eq!(own["queue"][0]["max_retry"], 2);
+    assert_eq!(own["queue"][0]["kwargs"], json!({"delay": 1}));
     // Sync lock: a timeout stays a timeout; a failed release is a sync-lock error.
     let error = bridge
         .call(

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::fake_juju::{Measures, Model, Options, measure, now_micros};
-use rollingops_tests::binaries;
+use crate::fake_juju::{Measures, Model, Options, binaries, measure, now_micros};
 
 /// The scenarios share two cores with the rest of the suite; running them one at a time
 /// keeps their timings meaningful.
@@ -68,7 +67,12 @@ fn assert_exclusive(model: &Model) {
 fn assert_final_state(model: &Model) {
     assert!(all_idle(model), "{}", model.dump());
     for (unit, bag) in model.unit_bags() {
-        assert_eq!(bag["state"], "idle", "{unit}\n{}", model.dump());
+        // Units that never requested have no intent at all.
+        assert!(
+            bag.get("state").is_none_or(|s| s == "idle"),
+            "{unit}\n{}",
+            model.dump()
+        );
     }
     assert!(model.abandoned().is_empty(), "{:?}", model.abandoned());
 }
@@ -140,13 +144,34 @@ fn as_refs(expected: &[(String, usize)]) -> Vec<(&str, usize)> {
     expected.iter().map(|(u, n)| (u.as_str(), *n)).collect()
 }
 
-/// The unit whose callback is running now (a start line without its stop), if any.
-fn running_callback(model: &Model) -> Option<String> {
+/// The callback running now (a start line without its stop), if any: (unit, context).
+fn running_callback(model: &Model) -> Option<(String, String)> {
     model
         .restarts()
         .into_iter()
         .rfind(|r| r.stop.is_none())
-        .map(|r| r.unit)
+        .map(|r| (r.unit, r.ctx))
+}
+
+/// Wait for a callback of a unit accepted by `pick` to be part-way through (100 ms in and
+/// still running), then `cut` its hook; returns the unit.
+fn mid_callback(
+    model: &mut Model,
+    pick: impl Fn(&str) -> bool,
+    cut: impl Fn(&mut Model, &str),
+) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some((unit, ctx)) = running_callback(model).filter(|(u, _)| pick(u)) {
+            std::thread::sleep(Duration::from_millis(100));
+            if running_callback(model).is_some_and(|(u, c)| u == unit && c == ctx) {
+                cut(model, &unit);
+                return unit;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no callback to cut short\n{}", model.dump());
 }
 
 #[test]
@@ -209,23 +234,16 @@ fn lock_holders_killed_mid_callback_still_complete() {
     let mut options = Options::new(3);
     options.update_status = Some(Duration::from_secs(2));
     let mut model = Model::deploy("kill", options);
-    request_everywhere(&model, 1.0);
+    request_everywhere(&model, 0.6);
     // Kill the first two holders part-way through their callbacks (the process group of
     // the hook: the charm, its callback, everything), as a crash or an OOM kill would.
-    let mut victims = Vec::new();
+    let mut victims: Vec<String> = Vec::new();
     for _ in 0..2 {
-        let mut victim = None;
-        assert!(
-            model.wait_until(TIMEOUT, |m| {
-                victim = running_callback(m).filter(|u| !victims.contains(u));
-                victim.is_some()
-            }),
-            "{}",
-            model.dump()
+        let victim = mid_callback(
+            &mut model,
+            |u| !victims.iter().any(|v| v == u),
+            |m, u| assert!(m.kill_hook(u), "{u} was not running a hook"),
         );
-        let victim = victim.unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(model.kill_hook(&victim), "{victim} was not running a hook");
         victims.push(victim);
     }
     finish(&model, &as_refs(&units_with(&model, 1)));
@@ -259,23 +277,16 @@ fn lock_holders_killed_mid_callback_still_complete() {
 
 fn removal(name: &str, pick_leader: bool) {
     let _serial = serial();
-    let mut options = Options::new(4);
+    let mut options = Options::new(3);
     options.update_status = Some(Duration::from_secs(2));
     let mut model = Model::deploy(name, options);
-    request_everywhere(&model, 1.0);
+    request_everywhere(&model, 0.6);
     let leader = model.leader();
-    let mut holder = None;
-    assert!(
-        model.wait_until(TIMEOUT, |m| {
-            holder = running_callback(m).filter(|u| (*u == leader) == pick_leader);
-            holder.is_some()
-        }),
-        "{}",
-        model.dump()
+    let holder = mid_callback(
+        &mut model,
+        |u| (u == leader) == pick_leader,
+        |m, u| m.remove_unit(u),
     );
-    let holder = holder.unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    model.remove_unit(&holder);
     let remaining: Vec<(String, usize)> = model
         .units
         .iter()
@@ -326,10 +337,10 @@ fn relation_set_failing_once_loses_nothing_and_says_why() {
          "message": message},
     ]));
     request_everywhere(&model, 0.2);
-    let journal_of = |m: &Model| m.journal();
     // Done when every unit has one run recorded by a committed hook.
     let committed_runs = |m: &Model| -> BTreeMap<String, usize> {
-        let committed: BTreeSet<String> = journal_of(m)
+        let committed: BTreeSet<String> = m
+            .journal()
             .into_iter()
             .filter(|j| j.committed)
             .map(|j| j.ctx)
@@ -490,6 +501,16 @@ fn hook_tool_probe() {
     assert_eq!(by_label, vec![("key".to_string(), "PEM\nDATA".to_string())]);
     assert_eq!(host.secret_get(&id).unwrap().unwrap(), by_label);
     assert!(host.secret_get("nothing-here").unwrap().is_none());
+    host.secret_grant(&id, 3).unwrap();
+    assert!(
+        matches!(host.secret_grant("secret:nope", 3), Err(WitError::Host(m)) if m.contains("secret-grant"))
+    );
+    // On a peer relation the remote application is this one.
+    assert!(
+        host.relation_get_remote_app(3)
+            .unwrap()
+            .contains(&("app-key".to_string(), "1".to_string()))
+    );
     juju::secret_set(&id, &[("key".into(), "NEW".into())]).unwrap();
     assert_eq!(
         host.secret_get("certs").unwrap().unwrap(),
@@ -502,7 +523,113 @@ fn hook_tool_probe() {
         host.dispatch("x; rm -rf /"),
         Err(WitError::Host(_))
     ));
+    charm_api_probe();
     println!("probe ok");
+}
+
+/// The Rust charm API in a real hook context (part of `hook_tool_probe`): the cached
+/// component under the unit's base dir, the sync-lock guard, errors with their classes.
+fn charm_api_probe() {
+    use std::sync::{Arc, Mutex};
+
+    use rollingops::charm::{
+        HookEnv, OperationResult, RollingOpsManager, SyncLockBackend, SyncLockFailure,
+    };
+    use rollingops::juju::JujuEnv;
+    use rollingops::{Runtime, Status};
+
+    struct Recorder {
+        calls: Arc<Mutex<Vec<String>>>,
+        release_fails: bool,
+    }
+    impl SyncLockBackend for Recorder {
+        fn acquire(&mut self, timeout: Option<Duration>) -> Result<(), SyncLockFailure> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("acquire {timeout:?}"));
+            if timeout == Some(Duration::from_secs(1)) {
+                return Err(SyncLockFailure::TimedOut);
+            }
+            Ok(())
+        }
+        fn release(&mut self) -> Result<(), SyncLockFailure> {
+            self.calls.lock().unwrap().push("release".into());
+            if self.release_fails {
+                return Err(SyncLockFailure::Failed("the lock server is gone".into()));
+            }
+            Ok(())
+        }
+    }
+    let base = std::path::PathBuf::from(std::env::var("E2E_PROBE").unwrap());
+    let runtime = Runtime::new(Some(&base)).unwrap();
+    assert_eq!(
+        runtime.cache_outcome,
+        rollingops::cache::CacheOutcome::Hit,
+        "the unit's cache serves every host built with this component"
+    );
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut manager = RollingOpsManager::builder("restart")
+        .base_dir(&base)
+        .callback("restart", |_| Ok(OperationResult::Release))
+        .sync_lock(
+            "lock",
+            Recorder {
+                calls: calls.clone(),
+                release_fails: false,
+            },
+        )
+        .sync_lock(
+            "flaky",
+            Recorder {
+                calls: calls.clone(),
+                release_fails: true,
+            },
+        )
+        .build_with(&runtime, JujuEnv::from_env().unwrap(), HookEnv::from_env())
+        .unwrap();
+    assert!(manager.current_event().is_none(), "juju-exec runs no hook");
+    assert!(matches!(manager.state().unwrap().status, Status::Idle));
+    assert!(!manager.is_waiting(None).unwrap());
+    assert!(
+        !manager
+            .is_waiting_callback("restart", Some("app/1"))
+            .unwrap()
+    );
+    assert_eq!(manager.describe().unwrap()["unit"], "app/0");
+    let error = manager
+        .request_async_lock("nope", json!({}), None)
+        .unwrap_err();
+    assert_eq!(error.class(), Some("RollingOpsInvalidLockRequestError"));
+    assert_eq!(
+        error.to_string(),
+        "RollingOpsInvalidLockRequestError: Unknown callback_id: nope"
+    );
+    {
+        let guard = manager
+            .acquire_sync_lock("lock", Some(Duration::from_millis(2500)))
+            .unwrap();
+        assert_eq!(guard.backend_id(), "lock");
+    }
+    assert_eq!(*calls.lock().unwrap(), ["acquire Some(3s)", "release"]);
+    let error = manager
+        .acquire_sync_lock("lock", Some(Duration::from_secs(1)))
+        .err()
+        .unwrap();
+    assert_eq!(error.class(), Some("TimeoutError"));
+    let error = manager
+        .acquire_sync_lock("flaky", None)
+        .unwrap()
+        .release()
+        .unwrap_err();
+    assert_eq!(error.class(), Some("RollingOpsSyncLockError"));
+    assert!(
+        error.to_string().contains("the lock server is gone"),
+        "{error}"
+    );
+    drop(manager.acquire_sync_lock("flaky", None).unwrap());
+    let error = manager.acquire_sync_lock("nope", None).err().unwrap();
+    assert_eq!(error.class(), Some("RollingOpsSyncLockError"));
 }
 
 #[test]
@@ -514,7 +641,8 @@ fn hook_tools_map_one_to_one_with_typed_errors() {
         "{} --exact e2e::hook_tool_probe --nocapture --test-threads=1",
         exe.display()
     );
-    let (code, stdout, stderr) = model.exec_with("app/0", &command, &[("E2E_PROBE", "1")]);
+    let base = model.base_dir("app/0").display().to_string();
+    let (code, stdout, stderr) = model.exec_with("app/0", &command, &[("E2E_PROBE", &base)]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("probe ok"), "{stdout}\n{stderr}");
     assert!(stdout.contains("1 passed"), "{stdout}");
@@ -528,6 +656,14 @@ fn hook_tools_map_one_to_one_with_typed_errors() {
         model
             .juju_log("app/0")
             .contains("WARNING app/0 : probe: -- a line starting with dashes")
+    );
+    // A sync-lock guard whose release fails when dropped says so in the unit's log.
+    assert!(
+        model
+            .juju_log("app/0")
+            .contains("ERROR app/0 : Releasing the sync lock flaky failed"),
+        "{}",
+        model.juju_log("app/0")
     );
 }
 
@@ -544,9 +680,10 @@ fn rollingops(model: &Model, unit: &str, args: &str) -> (i32, String, String) {
 fn status_shows_the_holder_and_every_queue_from_any_unit() {
     let _serial = serial();
     let model = Model::deploy("status", Options::new(3));
-    model.action("app/1", "restart", json!({"delay": 3.0}));
+    model.action("app/1", "restart", json!({"delay": 2.0}));
     assert!(
-        model.wait_until(TIMEOUT, |m| running_callback(m).as_deref() == Some("app/1")),
+        model.wait_until(TIMEOUT, |m| running_callback(m)
+            .is_some_and(|(u, _)| u == "app/1")),
         "{}",
         model.dump()
     );
@@ -593,7 +730,7 @@ fn status_shows_the_holder_and_every_queue_from_any_unit() {
         let units = doc["units"].as_array().unwrap();
         assert_eq!(units.len(), 3, "a non-leader reads every bag too: {doc:#}");
         assert_eq!(units[1]["holder"], true);
-        assert_eq!(units[1]["queue"][0]["kwargs"], json!({"delay": 3.0}));
+        assert_eq!(units[1]["queue"][0]["kwargs"], json!({"delay": 2.0}));
         let queue = units[2]["queue"].as_array().unwrap();
         assert_eq!(queue.len(), 2, "{doc:#}");
         assert_eq!(queue[1]["callback_id"], "restart");
@@ -676,7 +813,7 @@ fn costs_per_hook_process() {
     let model = Model::deploy("costs", Options::new(3));
     let charm = &binaries().restart_charm;
     let base = model.base_dir("app/1");
-    let runs = 15;
+    let runs = 9;
     // 1. The charm's process with a cached component and no rollingops work (a hook the
     //    library ignores): process start-up + .cwasm load + instantiate + exit.
     let mut walls = Vec::new();
@@ -705,6 +842,23 @@ fn costs_per_hook_process() {
         walls.push(started.elapsed());
     }
     let exec_wall = median(walls);
+    // 2b. Ten fake tool calls in one juju-exec: what one costs, for the shell fast path
+    //     (`is-leader`) and a Python tool (`config-get`).
+    let per_call = |tool: &str| {
+        let mut walls = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let (code, _, _) = model.exec(
+                "app/1",
+                &format!("for i in 1 2 3 4 5 6 7 8 9 10; do {tool} --format=json >/dev/null; done"),
+            );
+            assert_eq!(code, 0);
+            walls.push(started.elapsed());
+        }
+        median(walls).saturating_sub(exec_wall) / 10
+    };
+    let shell_call = per_call("is-leader");
+    let python_call = per_call("config-get");
     // 3. `rollingops status --json` on the leader through juju-exec (CLI start-up, cached
     //    load, the hook tools it calls), minus the juju-exec of an empty command.
     let mut walls = Vec::new();
@@ -716,6 +870,22 @@ fn costs_per_hook_process() {
         walls.push(started.elapsed());
     }
     let status_wall = median(walls);
+    // 4. The CLI alone: start-up, cached component load, instantiate, then the first hook
+    //    tool is not found (no tools on PATH), so nothing else is timed.
+    let mut walls = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let output = Command::new(&binaries().rollingops)
+            .args(["status", "--peer-relation", "restart", "--base-dir"])
+            .arg(model.base_dir("app/0"))
+            .env("JUJU_UNIT_NAME", "app/0")
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        walls.push(started.elapsed());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("is-leader not found on PATH"));
+    }
+    let cli_wall = median(walls);
     let calls = std::fs::read_to_string(model.dir.join("calls.log")).unwrap_or_default();
     let tool_calls = calls.lines().count();
     let hooks = model.journal().len();
@@ -731,6 +901,11 @@ fn costs_per_hook_process() {
     println!("    inside: {inside}");
     println!(
         "  {:<64} {:>8.1} ms",
+        "rollingops CLI start-up + cached component load + instantiate",
+        cli_wall.as_secs_f64() * 1e3
+    );
+    println!(
+        "  {:<64} {:>8.1} ms",
         "fake juju-exec of `true` (Python runner + hook lock)",
         exec_wall.as_secs_f64() * 1e3
     );
@@ -740,10 +915,78 @@ fn costs_per_hook_process() {
         status_wall.as_secs_f64() * 1e3
     );
     println!(
+        "  {:<64} {:>8.1} ms",
+        "one fake hook-tool call: shell fast path (is-leader)",
+        shell_call.as_secs_f64() * 1e3
+    );
+    println!(
+        "  {:<64} {:>8.1} ms",
+        "one fake hook-tool call: Python (config-get)",
+        python_call.as_secs_f64() * 1e3
+    );
+    println!(
         "  {:<64} {:>8.1}",
         "fake hook-tool calls per hook so far",
         tool_calls as f64 / hooks as f64
     );
     assert!(inside.contains("cache=Hit"), "{inside}");
     assert!(charm_wall < Duration::from_millis(500), "{charm_wall:?}");
+}
+
+#[test]
+fn a_bridge_client_in_a_hook_queues_through_the_hook_tools() {
+    use crate::bridge::{BridgeProcess, Reply};
+    let _serial = serial();
+    let model = Model::deploy("bridge-hook-tools", Options::new(2));
+    // A foreign-language charm's hook on app/1: the bridge reads and writes the relation
+    // with the hook tools of that hook; the client only supplies callbacks.
+    let mut command = Command::new(model.bin.join("juju-exec"));
+    command
+        .args([
+            "-u",
+            "app/1",
+            &format!("{} bridge --hook-tools", binaries().rollingops.display()),
+        ])
+        .env("PATH", model.path_env())
+        .env("FAKE_JUJU_DIR", &model.dir);
+    let mut bridge = BridgeProcess::spawn(command);
+    assert_eq!(bridge.hello["hook_tools"], true);
+    let mut answer = |import: &str, _: &Value| -> Reply {
+        panic!("with --hook-tools only the charm's imports are forwarded, got {import}")
+    };
+    let config = json!({"config": {
+        "peer_relation_name": "restart",
+        "base_dir": model.base_dir("app/1"),
+        "callback_ids": ["restart"],
+    }});
+    let manager = bridge.call("create", config, &mut answer).unwrap()["manager"].clone();
+    let m = |extra: Value| {
+        let mut params = extra;
+        params["manager"] = manager.clone();
+        params
+    };
+    let routed = bridge
+        .call(
+            "handle-hook",
+            m(json!({"env": {"JUJU_DISPATCH_PATH": "hooks/install"}})),
+            &mut answer,
+        )
+        .unwrap();
+    assert_eq!(routed, json!({"event": null}));
+    bridge
+        .call(
+            "request-async-lock",
+            m(json!({"callback_id": "restart", "kwargs": {"delay": 0.05, "via": "bridge"}})),
+            &mut answer,
+        )
+        .unwrap();
+    let state = bridge.call("state", m(json!({})), &mut answer).unwrap();
+    assert_eq!(state["status"], "waiting");
+    bridge.call("drop", m(json!({})), &mut answer).unwrap();
+    assert_eq!(bridge.finish(), 0, "juju-exec runs the bridge as a hook");
+    // The write committed with the hook; the leader grants app/1, whose next hook (the
+    // Rust example charm) runs the operation the bridge queued.
+    finish(&model, &[("app/1", 1)]);
+    assert_exclusive(&model);
+    assert_final_state(&model);
 }

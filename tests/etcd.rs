@@ -59,15 +59,18 @@ fn hook(
 
 type RunLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Instant, Instant)>>>;
 
+/// A worker thread's exit and the hooks it dispatched.
+type WorkerThread = std::thread::JoinHandle<(Result<(), String>, Vec<&'static str>)>;
+
 /// `units` workers, each with `ops` queued ops, contending on one cluster until they exit.
-/// Returns each worker's exit and the callback runs.
+/// Returns the worker threads; the callback runs go to `log`.
 fn contend(
     env: Vec<(String, String)>,
     units: usize,
     ops: usize,
     timing: Timing,
     log: RunLog,
-) -> Vec<std::thread::JoinHandle<(Result<(), String>, Vec<&'static str>)>> {
+) -> Vec<WorkerThread> {
     (0..units)
         .map(|i| {
             let env = env.clone();

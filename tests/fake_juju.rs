@@ -21,8 +21,26 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rollingops_tests::{binaries, python, temp_dir};
+use rollingops_tests::{python, temp_dir};
 use serde_json::{Value, json};
+
+/// Executables the end-to-end tests run as separate processes.
+#[derive(Debug)]
+pub struct Binaries {
+    /// The `rollingops` CLI.
+    pub rollingops: PathBuf,
+    /// The example Rust charm (`host/examples/restart-charm.rs`), used as `dispatch`.
+    pub restart_charm: PathBuf,
+}
+
+/// The CLI and the example charm, built with this test binary (`tests/Cargo.toml`).
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: std::sync::OnceLock<Binaries> = std::sync::OnceLock::new();
+    BINARIES.get_or_init(|| Binaries {
+        rollingops: PathBuf::from(env!("CARGO_BIN_EXE_e2e-rollingops")),
+        restart_charm: PathBuf::from(env!("CARGO_BIN_EXE_e2e-restart-charm")),
+    })
+}
 
 /// The peer endpoint of the example charm.
 pub const ENDPOINT: &str = "restart";
@@ -419,13 +437,17 @@ fn read_json(path: &Path) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Install the fake tools into `bin`, with the shebang pointing at the real interpreter
-/// (`-S`: no site import; a hook tool call then costs ~20 ms, as a real one roughly does).
+/// Install the fake tools into `bin`, with the Python ones' shebang pointing at the real
+/// interpreter (`-S`: no site import). A Python tool call costs ~20 ms; the shell fast
+/// paths (reads of committed state, logs) a few ms.
 pub fn install_tools(bin: &Path) {
     std::fs::create_dir_all(bin).unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake-juju");
     for entry in std::fs::read_dir(&source).unwrap() {
         let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue; // e.g. a __pycache__ left by running the tools by hand
+        }
         let name = entry.file_name();
         let text = std::fs::read_to_string(entry.path()).unwrap();
         let text = match text.strip_prefix("#!/usr/bin/env python3\n") {
@@ -442,6 +464,23 @@ pub fn install_tools(bin: &Path) {
         };
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
     }
+    // The shell tools fall back to the Python ones through this link.
+    let link = bin.join(".python");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(python(), link).unwrap();
+}
+
+/// Re-render `fast/` (the shell tools' view of the committed state) after the driver
+/// changed `model.json` or `bags.json`; the caller holds `state.lock`.
+fn render(dir: &Path, bin: &Path) {
+    let status = Command::new(bin.join(".python"))
+        .arg("-S")
+        .arg(bin.join("fakejuju.py"))
+        .arg("render")
+        .env("FAKE_JUJU_DIR", dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "rendering the fake model's fast/ files");
 }
 
 impl Model {
@@ -489,6 +528,7 @@ impl Model {
             &dir.join("bags.json"),
             &json!({"app": {}, "units": unit_bags}),
         );
+        render(&dir, &bin);
         let path_env = format!(
             "{}:{}",
             bin.display(),
@@ -583,6 +623,7 @@ impl Model {
             let mut model = read_json(&path);
             model["leader"] = json!(unit);
             write_json(&path, &model);
+            render(&self.dir, &self.bin);
         }
         self.queue(unit, "hooks/leader-elected");
     }
@@ -640,6 +681,7 @@ impl Model {
                 units.remove(unit);
             }
             write_json(&bags_path, &bags);
+            render(&self.dir, &self.bin);
             new_leader
         };
         {

@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: one compiled component per test binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 pub mod etcd_cluster;
 
 use std::sync::OnceLock;
@@ -13,75 +13,6 @@ use rollingops::Runtime;
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| Runtime::new(None).expect("the embedded component compiles"))
-}
-
-/// Executables the end-to-end tests run as separate processes.
-#[derive(Debug)]
-pub struct Binaries {
-    /// The `rollingops` CLI.
-    pub rollingops: PathBuf,
-    /// The example Rust charm (`host/examples/restart-charm.rs`), used as `dispatch`.
-    pub restart_charm: PathBuf,
-}
-
-/// Build (once per test binary) and locate the CLI and the example charm. Integration
-/// tests only get `CARGO_BIN_EXE_*` for their own package, so this asks cargo, with the
-/// same profile, and reads the artifact paths from its JSON messages.
-pub fn binaries() -> &'static Binaries {
-    static BINARIES: OnceLock<Binaries> = OnceLock::new();
-    BINARIES.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let mut command = Command::new(cargo);
-        command.current_dir(root).args([
-            "build",
-            "-p",
-            "rollingops",
-            "--bin",
-            "rollingops",
-            "--example",
-            "restart-charm",
-            "--message-format=json-render-diagnostics",
-        ]);
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        // Variables cargo set for this test binary describe this package, not the build.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("CARGO_PKG_")
-                || key.starts_with("CARGO_MANIFEST_")
-                || key.starts_with("CARGO_BIN_")
-                || key == "CARGO_CRATE_NAME"
-                || key == "CARGO_PRIMARY_PACKAGE"
-            {
-                command.env_remove(key);
-            }
-        }
-        let output = command
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running cargo build for the CLI and the example charm");
-        assert!(output.status.success(), "cargo build failed");
-        let mut rollingops = None;
-        let mut restart_charm = None;
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let Some(executable) = message["executable"].as_str() else {
-                continue;
-            };
-            match message["target"]["name"].as_str() {
-                Some("rollingops") => rollingops = Some(PathBuf::from(executable)),
-                Some("restart-charm") => restart_charm = Some(PathBuf::from(executable)),
-                _ => {}
-            }
-        }
-        Binaries {
-            rollingops: rollingops.expect("cargo reported the rollingops binary"),
-            restart_charm: restart_charm.expect("cargo reported the restart-charm example"),
-        }
-    })
 }
 
 /// The Python interpreter for the fake hook tools: the real executable (not a pyenv shim,

@@ -568,7 +568,8 @@ mod tests {
 
     #[test]
     fn hooks_route_to_library_events() {
-        let cases: Vec<(Vec<(&str, &str)>, Option<Event>)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Option<Event>);
+        let cases: Vec<Case> = vec![
             (
                 vec![("JUJU_DISPATCH_PATH", "hooks/restart-relation-changed")],
                 Some(Event::PeerRelationChanged),

@@ -192,6 +192,14 @@ pub fn relation_list(relation: &str) -> Result<Vec<String>, HookToolError> {
     run_json("relation-list", &["--format=json", "-r", relation])
 }
 
+/// `relation-list --format=json --app -r <relation>`: the remote application's name
+/// (empty before it has joined).
+pub fn relation_list_app(relation: &str) -> Result<String, HookToolError> {
+    let name: Option<String> =
+        run_json("relation-list", &["--format=json", "--app", "-r", relation])?;
+    Ok(name.unwrap_or_default())
+}
+
 /// `relation-get --format=json -r <relation> [--app] - <member>`: a whole bag. `member`
 /// is a unit name, or with `app` an application name.
 pub fn relation_get(
@@ -284,6 +292,11 @@ pub fn secret_add(label: &str, content: &[(String, String)]) -> Result<String, H
         args.extend(files.iter().map(String::as_str));
         Ok(run("secret-add", &args, None)?.trim().to_string())
     })
+}
+
+/// `secret-grant <id> -r <relation>`: let the remote application read the secret.
+pub fn secret_grant(id: &str, relation: &str) -> Result<(), HookToolError> {
+    run("secret-grant", &[id, "-r", relation], None).map(|_| ())
 }
 
 /// `secret-set <id> key#file=…`: replace a secret's content.
@@ -604,6 +617,22 @@ impl Host for JujuHost {
         content: &[(String, String)],
     ) -> Result<String, WitError> {
         Ok(secret_add(label, content)?)
+    }
+
+    fn secret_grant(&mut self, id: &str, relation_id: u32) -> Result<(), WitError> {
+        Ok(secret_grant(id, &self.relation_ref(relation_id))?)
+    }
+
+    fn relation_get_remote_app(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Vec<(String, String)>, WitError> {
+        let relation = self.relation_ref(relation_id);
+        let app = relation_list_app(&relation)?;
+        if app.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(relation_get(&relation, &app, true)?.into_iter().collect())
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {

@@ -29,6 +29,7 @@ pub use bindings::juju::rollingops::types::{
     BagOwner, CallbackOutcome, Config, Error as WitError, Event, ExecOutput, LogLevel,
     OperationResult, ProcessingBackend, State, Status,
 };
+pub use charm::RollingOpsManager;
 pub use host::Host;
 pub use runtime::{Error, Runtime, Session};
 

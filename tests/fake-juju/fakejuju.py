@@ -1,8 +1,11 @@
 """A fake Juju for end-to-end tests: hook tools and the unit agent's hook runner.
 
 The executables next to this file (``is-leader``, ``relation-get``, ``juju-exec``, …) are
-named like Juju's hook tools and import this module. They work on a state directory named
-by ``FAKE_JUJU_DIR``, shared by every unit of one model:
+named like Juju's hook tools. Most are Python and import this module; the ones every hook
+calls (``is-leader``, ``relation-ids``, ``relation-list``, ``relation-get``, ``juju-log``)
+are shell scripts that serve committed state from ``fast/`` and hand anything else (a
+hook's own pending writes, errors) to this module (``python3 fakejuju.py <tool> …``). They
+work on a state directory named by ``FAKE_JUJU_DIR``, shared by every unit of one model:
 
 * ``model.json``   leader, units, the peer endpoint and relation id, config, per-unit
   environment and charm directories; written by the test driver.
@@ -16,6 +19,10 @@ by ``FAKE_JUJU_DIR``, shared by every unit of one model:
 * ``locks/<unit>.lock``  the unit's hook lock (flock): one hook at a time per unit.
 * ``running/<unit>``     process group of the unit's running hook (to kill it).
 * ``journal.jsonl``      one line per finished hook.
+* ``fast/``              the committed state rendered for the shell fast paths of
+  ``is-leader``, ``relation-ids``, ``relation-list``, ``relation-get`` (``leader``,
+  ``relation``, ``units/<unit>``, ``others/<unit>.json``, ``bags/app.json``,
+  ``bags/<unit>.json``); re-rendered by every commit and by the driver.
 * ``logs/<unit>.log``    ``juju-log`` lines; ``logs/<unit>.hooks.log`` hook output.
 
 Juju semantics kept: ``relation-set`` writes are buffered per hook, visible to the hook's
@@ -176,9 +183,12 @@ def relation_ids(args):
 def relation_list(args):
     ctx = Context()
     ctx.log_call('relation-list')
-    _, opts, _ = parse(args, flags=('--format=json',), options=('-r',))
+    flags, opts, _ = parse(args, flags=('--format=json', '--app'), options=('-r',))
     ctx.relation(opts.get('-r', ''))
-    out([u for u in ctx.model['units'] if u != ctx.unit])
+    if '--app' in flags:
+        out(ctx.app)  # a peer relation's remote application is this one
+    else:
+        out([u for u in ctx.model['units'] if u != ctx.unit])
 
 
 def relation_get(args):
@@ -328,6 +338,19 @@ def secret_add(args):
     print(secret_id)
 
 
+def secret_grant(args):
+    ctx = Context()
+    ctx.log_call('secret-grant')
+    _, opts, positional = parse(args, options=('-r', '--relation', '--unit'))
+    ctx.relation(opts.get('-r', opts.get('--relation', '')))
+    with state_lock():
+        secrets = load('secrets.json', {})
+        if not positional or positional[0] not in secrets:
+            fail('secret not found')
+        secrets[positional[0]].setdefault('grants', []).append(opts.get('-r', opts.get('--relation')))
+        save('secrets.json', secrets)
+
+
 def secret_set(args):
     ctx = Context()
     ctx.log_call('secret-set')
@@ -341,6 +364,40 @@ def secret_set(args):
 
 
 # -- the unit agent's hook runner ------------------------------------------------------------
+
+
+def slug(unit):
+    return unit.replace('/', '-')
+
+
+def write_file(name, text):
+    temp = f'{name}.{os.getpid()}.tmp'
+    with open(temp, 'w') as f:
+        f.write(text)
+    os.replace(temp, name)
+
+
+def render_fast(model, bags):
+    """Render the committed state for the shell fast paths (caller holds state.lock)."""
+    fast = path('fast')
+    for sub in ('units', 'others', 'bags'):
+        os.makedirs(os.path.join(fast, sub), exist_ok=True)
+    units = model.get('units', [])
+    write_file(os.path.join(fast, 'leader'), model.get('leader', ''))
+    write_file(os.path.join(fast, 'relation'), f'{model.get("endpoint", "")} {model.get("relation_id", "")}')
+    write_file(os.path.join(fast, 'bags', 'app.json'), json.dumps(bags.get('app', {})))
+    members = {slug(u) for u in units}
+    for unit in units:
+        write_file(os.path.join(fast, 'units', slug(unit)), unit)
+        write_file(os.path.join(fast, 'others', slug(unit) + '.json'),
+                   json.dumps([u for u in units if u != unit]))
+        write_file(os.path.join(fast, 'bags', slug(unit) + '.json'),
+                   json.dumps(bags.get('units', {}).get(unit, {})))
+    for sub, suffix in (('units', ''), ('others', '.json'), ('bags', '.json')):
+        for name in os.listdir(os.path.join(fast, sub)):
+            stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+            if stem not in members and not (sub == 'bags' and stem == 'app'):
+                os.remove(os.path.join(fast, sub, name))
 
 
 def commit(unit, writes):
@@ -366,6 +423,7 @@ def commit(unit, writes):
                     changed = True
         if changed:
             save('bags.json', bags)
+            render_fast(model, bags)
         after = bags['app'].get('granted_unit', '')
         return True, changed, None, (after if after != before else None)
 
@@ -529,10 +587,23 @@ TOOLS = {
     'secret-get': secret_get,
     'secret-add': secret_add,
     'secret-set': secret_set,
+    'secret-grant': secret_grant,
     'juju-exec': juju_exec,
     'run-hook': run_hook_main,
 }
 
 
-def main(tool):
-    TOOLS[tool](sys.argv[1:])
+def render(args):
+    """``fakejuju.py render``: re-render ``fast/`` (the driver holds state.lock)."""
+    render_fast(load('model.json', {}), load('bags.json', {'app': {}, 'units': {}}))
+
+
+TOOLS['render'] = render
+
+
+def main(tool, args=None):
+    TOOLS[tool](sys.argv[1:] if args is None else args)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1], sys.argv[2:])

@@ -464,6 +464,28 @@ impl Host for ClientHost {
             .ok_or_else(|| bad_reply("secret-add", &result))
     }
 
+    fn secret_grant(&mut self, id: &str, relation_id: u32) -> Result<(), WitError> {
+        self.juju(
+            "secret-grant",
+            json!({"id": id, "relation_id": relation_id}),
+        )
+        .map(|_| ())
+    }
+
+    fn relation_get_remote_app(
+        &mut self,
+        relation_id: u32,
+    ) -> Result<Vec<(String, String)>, WitError> {
+        let result = self.juju(
+            "relation-get-remote-app",
+            json!({"relation_id": relation_id}),
+        )?;
+        if result.is_null() {
+            return Ok(vec![]);
+        }
+        string_pairs("relation-get-remote-app", &result)
+    }
+
     fn log(&mut self, level: LogLevel, message: &str) {
         if let Err(e) = self.juju(
             "log",
@@ -496,6 +518,10 @@ impl Host for ClientHost {
         } else {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
+    }
+
+    fn start_worker(&mut self) -> Result<(), WitError> {
+        self.juju("start-worker", json!({})).map(|_| ())
     }
 
     fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
