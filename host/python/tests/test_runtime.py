@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import stat
 import time
 from pathlib import Path
@@ -51,11 +52,14 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert fresh_load(tmp_path).source == 'cache'
 
 
-def test_stale_caches_are_removed(tmp_path: Path):
-    stale = tmp_path / 'rollingops-0000-wasmtime1.0.0-x86_64.cwasm'
+def test_stale_caches_are_removed_but_other_hosts_caches_kept(tmp_path: Path):
+    stale = tmp_path / f'rollingops-0000-wasmtime1.0.0-{platform.machine()}.cwasm'
     stale.write_bytes(b'old')
+    rust_cli = tmp_path / 'rollingops-00ff-wasmtime48-0123456789abcdef.cwasm'
+    rust_cli.write_bytes(b'the Rust host')
     fresh_load(tmp_path)
     assert not stale.exists()
+    assert rust_cli.read_bytes() == b'the Rust host'
 
 
 def test_unwritable_base_dir_compiles_in_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture):

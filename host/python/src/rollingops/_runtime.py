@@ -221,10 +221,12 @@ def _store_cache(base_dir: str, path: str, data: bytes | bytearray) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    # Drop caches left by other component or wasmtime versions.
+    # Drop caches this host left for other component or wasmtime versions. Other hosts'
+    # files (the Rust CLI's end in an engine hash, not the machine name) are not ours.
     name = os.path.basename(path)
+    ours = f'-{platform.machine()}.cwasm'
     for entry in os.listdir(base_dir):
-        if entry.startswith('rollingops-') and entry.endswith('.cwasm') and entry != name:
+        if entry.startswith('rollingops-') and entry.endswith(ours) and entry != name:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(base_dir, entry))
 
