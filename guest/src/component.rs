@@ -133,7 +133,7 @@ impl GuestManager for ManagerResource {
     }
 
     fn describe(&self) -> Result<String, wit::Error> {
-        self.with(|m, _| Ok(m.describe()))
+        self.with(driver::describe)
     }
 }
 

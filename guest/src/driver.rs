@@ -447,6 +447,17 @@ pub fn is_waiting(
     manager.is_waiting(unit, callback_id)
 }
 
+/// `describe`, reading every unit's bag first so a non-leader sees the whole relation.
+pub fn describe(manager: &mut Manager, fx: &mut impl Effects) -> Result<String, Error> {
+    if let Some(relation_id) = manager.relation_id() {
+        for unit in manager.unread_remote_units() {
+            let bag = fx.relation_get(relation_id, BagOwner::Unit(&unit))?;
+            manager.add_remote_bag(&unit, &bag);
+        }
+    }
+    Ok(manager.describe())
+}
+
 /// Acquire the synchronous lock through the charm's backend (peer mode).
 pub fn acquire_sync_lock(
     manager: &Manager,

@@ -324,6 +324,17 @@ impl Manager {
         }
     }
 
+    /// Remote units whose bags this hook has not read (non-leaders read only their own).
+    pub fn unread_remote_units(&self) -> Vec<String> {
+        self.peer.as_ref().map_or_else(Vec::new, |p| {
+            p.remote_units
+                .iter()
+                .filter(|u| !p.remotes.iter().any(|r| &r.name == *u))
+                .cloned()
+                .collect()
+        })
+    }
+
     /// Whether `unit` is a remote unit whose bag has not been read.
     pub fn needs_remote_bag(&self, unit: &str) -> bool {
         self.peer.as_ref().is_some_and(|p| {
