@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rollingops::runtime::message;
+use rollingops::runtime::{case_name, message};
 use rollingops::{
     BagOwner, CallbackOutcome, Config, Event, Host, LogLevel, ProcessingBackend, Session, Status,
     SyncBackendError, WitError,
@@ -196,24 +196,6 @@ fn sync_outcome(reply: Value) -> Result<(), SyncBackendError> {
             o["failed"].as_str().unwrap_or_default().to_owned(),
         )),
         _ => Err(SyncBackendError::Missing),
-    }
-}
-
-/// The WIT case name of an error.
-fn case_name(error: &WitError) -> &'static str {
-    match error {
-        WitError::NoRelation(_) => "no-relation",
-        WitError::FileSystem(_) => "file-system",
-        WitError::InvalidLockRequest(_) => "invalid-lock-request",
-        WitError::Decoding(_) => "decoding",
-        WitError::InvalidSecretContent(_) => "invalid-secret-content",
-        WitError::LibMissing(_) => "lib-missing",
-        WitError::Etcdctl(_) => "etcdctl",
-        WitError::EtcdNotConfigured(_) => "etcd-not-configured",
-        WitError::SyncLock(_) => "sync-lock",
-        WitError::Timeout(_) => "timeout",
-        WitError::InvalidArgument(_) => "invalid-argument",
-        WitError::Host(_) => "host",
     }
 }
 

@@ -58,6 +58,24 @@ pub fn class(error: &wit::Error) -> &'static str {
     }
 }
 
+/// The WIT case name of an error (`no-relation`, `sync-lock`, …).
+pub fn case_name(error: &wit::Error) -> &'static str {
+    match error {
+        wit::Error::NoRelation(_) => "no-relation",
+        wit::Error::FileSystem(_) => "file-system",
+        wit::Error::InvalidLockRequest(_) => "invalid-lock-request",
+        wit::Error::Decoding(_) => "decoding",
+        wit::Error::InvalidSecretContent(_) => "invalid-secret-content",
+        wit::Error::LibMissing(_) => "lib-missing",
+        wit::Error::Etcdctl(_) => "etcdctl",
+        wit::Error::EtcdNotConfigured(_) => "etcd-not-configured",
+        wit::Error::SyncLock(_) => "sync-lock",
+        wit::Error::Timeout(_) => "timeout",
+        wit::Error::InvalidArgument(_) => "invalid-argument",
+        wit::Error::Host(_) => "host",
+    }
+}
+
 /// The message of a WIT error.
 pub fn message(error: &wit::Error) -> &str {
     match error {

@@ -587,20 +587,7 @@ impl From<runtime::Error> for Failure {
 
 /// The WIT case name of a library error.
 pub fn error_kind(error: &WitError) -> &'static str {
-    match error {
-        WitError::NoRelation(_) => "no-relation",
-        WitError::FileSystem(_) => "file-system",
-        WitError::InvalidLockRequest(_) => "invalid-lock-request",
-        WitError::Decoding(_) => "decoding",
-        WitError::InvalidSecretContent(_) => "invalid-secret-content",
-        WitError::LibMissing(_) => "lib-missing",
-        WitError::Etcdctl(_) => "etcdctl",
-        WitError::EtcdNotConfigured(_) => "etcd-not-configured",
-        WitError::SyncLock(_) => "sync-lock",
-        WitError::Timeout(_) => "timeout",
-        WitError::InvalidArgument(_) => "invalid-argument",
-        WitError::Host(_) => "host",
-    }
+    crate::runtime::case_name(error)
 }
 
 fn params_str<'a>(params: &'a Value, key: &str) -> Result<&'a str, Failure> {
