@@ -9,8 +9,10 @@ use std::process::Command;
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
+    // Every file, not just the directories: a directory's own mtime does not change when a
+    // file inside it is edited in place.
     for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+        watch(&root.join(watched));
     }
     println!("cargo:rerun-if-env-changed=ROLLINGOPS_WASM");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
@@ -56,4 +58,13 @@ fn main() {
     );
     let built = guest_target.join("wasm32-wasip2/wasm/rollingops_guest.wasm");
     std::fs::copy(&built, &target).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+}
+
+fn watch(path: &std::path::Path) {
+    println!("cargo:rerun-if-changed={}", path.display());
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            watch(&entry.path());
+        }
+    }
 }

@@ -266,3 +266,12 @@ fn row_61_endless_leader_retries_do_not_starve_a_fresh_request() {
         "the leader keeps retrying"
     );
 }
+
+/// Found by the 10,000-seed search: the old leader granted itself and ran its callback in
+/// the same hook, leadership moved before that hook committed, and the new leader (who
+/// could not see the uncommitted grant) granted another unit while the callback ran.
+/// A unit now runs inline only under a grant committed before its hook started.
+#[test]
+fn regression_seed_6184_no_run_under_an_uncommitted_self_grant() {
+    assert_clean(&sim::simulate(runtime(), Scenario::random(6184)));
+}

@@ -131,13 +131,7 @@ impl Host for VectorHost {
         } else {
             w.bags.entry(unit).or_default()
         };
-        for (k, v) in pairs {
-            if v.is_empty() {
-                bag.remove(k);
-            } else {
-                bag.insert(k.clone(), v.clone());
-            }
-        }
+        rollingops::sim::host::apply_writes(bag, pairs);
         Ok(())
     }
     fn log(&mut self, level: LogLevel, text: &str) {

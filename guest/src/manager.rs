@@ -264,6 +264,11 @@ pub struct Manager {
     relation_flow: etcd_relation::RelationFlow,
     callback_ran: bool,
     dispatched: bool,
+    /// Identity of the grant committed before this hook started, if any. A unit runs inline
+    /// only under a committed grant: a grant this hook wrote is invisible to everyone until
+    /// the hook commits, so a leader that lost leadership meanwhile could be overruled by
+    /// its successor while already running. Such a grant is run in a dispatched hook.
+    committed_grant: Option<String>,
 }
 
 impl Manager {
@@ -297,6 +302,10 @@ impl Manager {
                 remotes,
             }
         });
+        let committed_grant = peer
+            .as_ref()
+            .and_then(|p| LockState::decode(&p.app).grant)
+            .map(|g| g.identity());
         Ok(Manager {
             config,
             now: context.now,
@@ -311,6 +320,7 @@ impl Manager {
             relation_flow: Default::default(),
             callback_ran: false,
             dispatched: false,
+            committed_grant,
         })
     }
 
@@ -670,7 +680,8 @@ impl Manager {
             let Some(grant) = self.should_run() else {
                 return;
             };
-            if !inline || self.callback_ran {
+            let committed = self.committed_grant.as_deref() == Some(grant.identity().as_str());
+            if !inline || self.callback_ran || !committed {
                 self.wake_up();
                 return;
             }

@@ -575,10 +575,28 @@ fn row_62_three_unit_rolling_restart_writes_exactly_the_reference_keys() {
     m.at(3_800_000);
     m.hook("app/2", changed()).unwrap();
     assert_eq!(m.get("app/2", "executed_at"), Some("1777636805.8"));
-    // 8. leader: release app/2, grant itself and run its own turn inline in this hook
-    //    (§8 W1/W5/W6: no worker, no PID key, no 10 s sleep, no extra hook), then release.
+    // 8. leader: release app/2 and grant itself. It does not run under a grant it has not
+    //    committed (a successor leader could not see it); it asks for a hook at once
+    //    (§8 W1/W5/W6: no worker, no PID key, no 10 s sleep).
     m.at(6_200_000);
     m.hook("app/0", changed()).unwrap();
+    assert!(m.calls_on("app/0").is_empty());
+    assert_eq!(
+        m.last().app_changed,
+        bag(&[
+            ("granted_unit", "app/0"),
+            ("granted_at", "1777636806.2"),
+            (GRANT_KEY, r#"{"seq":3,"unit":"app/0","at":"1777636806.2"}"#),
+        ])
+    );
+    assert_eq!(
+        m.dispatched,
+        [("app/0".to_string(), "rollingops_lock_granted".to_string())]
+    );
+    // 9. the dispatched rollingops_lock_granted hook: run, record, release.
+    m.dispatched.clear();
+    m.at(6_500_000);
+    m.hook("app/0", Event::LockGranted).unwrap();
     assert_eq!(m.calls_on("app/0"), ["restart"]);
     assert_eq!(
         m.calls.last().unwrap().granted_unit.as_deref(),
@@ -597,7 +615,7 @@ fn row_62_three_unit_rolling_restart_writes_exactly_the_reference_keys() {
         bag(&[
             ("operations", "[]"),
             ("state", "idle"),
-            ("executed_at", "1777636808.2"),
+            ("executed_at", "1777636808.5"),
             (ECHO_KEY, "3@1777636806.2"),
         ])
     );
@@ -607,7 +625,7 @@ fn row_62_three_unit_rolling_restart_writes_exactly_the_reference_keys() {
     assert_eq!(m.app_bag, bag(&[(GRANT_KEY, r#"{"seq":3}"#)]));
     assert_eq!(m.app(PID_KEY), None);
     for (unit, executed, echo) in [
-        ("app/0", "1777636808.2", "3@1777636806.2"),
+        ("app/0", "1777636808.5", "3@1777636806.2"),
         ("app/1", "1777636803.0", "1@1777636800.35"),
         ("app/2", "1777636805.8", "2@1777636803.4"),
     ] {
@@ -631,7 +649,8 @@ fn row_62_three_unit_rolling_restart_writes_exactly_the_reference_keys() {
 #[test]
 fn rolling_restart_settles_with_juju_event_delivery() {
     // The same restart on five units, every hook Juju would fire run in order: each unit
-    // runs exactly once, under its own grant, oldest request first, with no dispatch.
+    // runs exactly once, under its own grant, oldest request first; the only dispatch is
+    // the leader's own turn (it never runs under a grant it has not committed).
     let mut m = Model::new("app", 5);
     m.on_timed("restart", 2_000_000, &[ret(None)]);
     for (i, unit) in ["app/3", "app/1", "app/0", "app/4", "app/2"]
@@ -649,7 +668,10 @@ fn rolling_restart_settles_with_juju_event_delivery() {
             .iter()
             .all(|c| c.granted_unit.as_deref() == Some(c.unit.as_str()))
     );
-    assert!(m.dispatched.is_empty());
+    assert_eq!(
+        m.dispatched,
+        [("app/0".to_string(), "rollingops_lock_granted".to_string())]
+    );
     assert_eq!(m.holder(), None);
     assert!(m.units.iter().all(|u| m.get(u, "state") == Some("idle")));
     assert!(hooks < 60, "{hooks} hooks");

@@ -12,6 +12,17 @@ use crate::host::Host;
 /// A databag.
 pub type Bag = BTreeMap<String, String>;
 
+/// Apply relation-set writes to a bag, as Juju does: an empty value deletes the key.
+pub fn apply_writes(bag: &mut Bag, writes: &[(String, String)]) {
+    for (key, value) in writes {
+        if value.is_empty() {
+            bag.remove(key);
+        } else {
+            bag.insert(key.clone(), value.clone());
+        }
+    }
+}
+
 /// The relation id every simulated unit uses for the peer relation.
 pub const PEER_RELATION_ID: u32 = 7;
 

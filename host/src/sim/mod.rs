@@ -663,15 +663,7 @@ impl<'r> Simulation<'r> {
     }
 
     fn commit(&mut self, unit: &str, host: &HookState, id: usize) {
-        let apply = |bag: &mut Bag, writes: &[(String, String)]| {
-            for (key, value) in writes {
-                if value.is_empty() {
-                    bag.remove(key);
-                } else {
-                    bag.insert(key.clone(), value.clone());
-                }
-            }
-        };
+        let apply = host::apply_writes;
         apply(&mut self.app_bag, &host.app_writes);
         if let Some(bag) = self.unit_bags.get_mut(unit) {
             apply(bag, &host.unit_writes);
