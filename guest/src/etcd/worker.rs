@@ -138,6 +138,9 @@ enum State {
     ExpectPendingHead,
     /// Move the head to `inprogress`.
     ExpectClaim,
+    /// The claim transaction said FAILURE: look whether an earlier, ambiguous attempt (a
+    /// member went away mid-reply) did claim it.
+    VerifyClaim,
     /// Ask for the hook.
     DispatchHook,
     /// Poll `completed`.
@@ -288,6 +291,7 @@ impl Worker {
                 Step::Dispatch(LOCK_GRANTED_HOOK)
             }
             State::ExpectCompleted => Step::Etcdctl(Call::First(self.keys.completed.clone())),
+            State::VerifyClaim => Step::Etcdctl(Call::First(self.keys.inprogress.clone())),
             State::AwaitingHook => {
                 if now_ms.saturating_sub(self.hook_dispatched_at_ms) >= self.timing.hook_timeout_ms
                 {
@@ -424,13 +428,25 @@ impl Worker {
                 None => State::ExpectRevoke,
             },
             State::ExpectClaim => {
-                if !etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                if etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                    State::DispatchHook
+                } else {
+                    State::VerifyClaim
+                }
+            }
+            State::VerifyClaim => match first(stdout)? {
+                Some(found)
+                    if self.claimed.as_ref().map(|(_, op)| op.op_id()) == Some(found.1.op_id()) =>
+                {
+                    self.claimed = Some(found);
+                    State::DispatchHook
+                }
+                _ => {
                     return Err(
                         "claiming the pending operation failed: the lock is no longer ours".into(),
                     );
                 }
-                State::DispatchHook
-            }
+            },
             State::ExpectCompleted => match first(stdout)? {
                 Some(found) => {
                     let release_after = found.1.result != Some(OperationResult::RetryHold);
@@ -758,6 +774,46 @@ mod tests {
         });
         assert_eq!(worker.poll(0), Step::Dispatch(ETCD_FAILED_HOOK));
         assert!(matches!(worker.poll(0), Step::Exit(Err(why)) if why.contains("x509")));
+    }
+
+    #[test]
+    fn an_ambiguous_claim_that_did_apply_is_recognised() {
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        let worker = u.worker.as_mut().unwrap();
+        let mut applied_once = false;
+        for _ in 0..50 {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => {
+                    let output = etcd.run(&call);
+                    let is_claim =
+                        matches!(&call, Call::Txn(body) if body.contains("/inprogress/"));
+                    if is_claim && !applied_once {
+                        // Applied on the server, but the reply was lost.
+                        applied_once = true;
+                        worker.handle(Output {
+                            code: 1,
+                            stdout: String::new(),
+                            stderr: "Error: connection reset by peer".into(),
+                            timed_out: false,
+                        });
+                    } else {
+                        worker.handle(output);
+                    }
+                }
+                Step::Sleep(ms) => etcd.advance(ms),
+                Step::Dispatch(hook) => {
+                    assert_eq!(
+                        hook, LOCK_GRANTED_HOOK,
+                        "the retried claim must not fail the worker"
+                    );
+                    assert!(applied_once);
+                    return;
+                }
+                Step::Exit(result) => panic!("exited: {result:?}"),
+            }
+        }
+        panic!("never dispatched");
     }
 
     #[test]
