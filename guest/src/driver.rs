@@ -48,6 +48,13 @@ pub trait Effects {
     fn log(&mut self, level: LogLevel, message: &str);
     /// Run a hook on this unit after the current one.
     fn dispatch(&mut self, event: &str) -> Result<(), Error>;
+    /// Run a hook on this unit once `delay_ms` have passed (after the current one).
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), Error> {
+        let _ = (event, delay_ms);
+        Err(Error::Host(
+            "this host cannot dispatch a hook after a delay".into(),
+        ))
+    }
     /// Wall clock.
     fn now(&mut self) -> Timestamp;
     /// Run a charm callback.
@@ -297,6 +304,16 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                         LogLevel::Warning,
                         &format!(
                             "Could not dispatch {event}; the next hook will pick the turn up: {e}"
+                        ),
+                    );
+                }
+            }
+            Command::DispatchAfter { event, delay_ms } => {
+                if let Err(e) = fx.dispatch_after(&event, delay_ms) {
+                    fx.log(
+                        LogLevel::Error,
+                        &format!(
+                            "Could not schedule {event} in {delay_ms} ms; update-status will                              pick the turn up: {e}"
                         ),
                     );
                 }

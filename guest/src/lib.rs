@@ -17,6 +17,7 @@
 pub mod driver;
 pub mod error;
 pub mod etcd;
+pub mod features;
 pub mod manager;
 pub mod op;
 pub mod queue;

@@ -12,13 +12,18 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
+use crate::features::Feature;
 use crate::op::{Operation, OperationResult, kwargs_json};
 use crate::queue::{Enqueued, OperationQueue, Recorded};
-use crate::scheduler::{next_grant, release_reason};
+use crate::scheduler::{ReleaseReason, next_grant, release_reason};
 use crate::timestamp::Timestamp;
 use crate::wire::{self, Backend, Bag, Grant, Intent, LockState, UnitRecord};
 
+mod controls;
 mod etcd_mode;
+mod health;
+mod roll;
+pub use controls::{Control, PolicyUpdate, RequestOptions, RollRequest};
 pub use etcd_mode::{EtcdContext, EtcdFacts, EtcdPurpose};
 pub mod etcd_relation;
 pub use etcd_relation::{
@@ -169,6 +174,14 @@ pub enum Command {
         /// Hook name.
         event: String,
     },
+    /// Run the named hook on this unit once `delay_ms` have passed (never sooner than
+    /// after the current hook). The host must not sleep in the hook.
+    DispatchAfter {
+        /// Hook name.
+        event: String,
+        /// Delay in milliseconds.
+        delay_ms: u32,
+    },
     /// Run etcdctl (retrying transient failures) and answer with
     /// [`Manager::handle_etcdctl_result`].
     Etcdctl {
@@ -259,6 +272,10 @@ pub struct Manager {
     awaiting: Option<Grant>,
     /// The etcd op (key, op) the running callback executes.
     awaiting_etcd: Option<(String, Operation)>,
+    /// The health check running for the gate of this grant.
+    awaiting_health: Option<(Grant, crate::features::HealthGate)>,
+    /// The leader runs a finished roll's completion callback.
+    awaiting_roll_notice: bool,
     etcd: Option<EtcdContext>,
     etcd_relation: Option<EtcdRelation>,
     relation_flow: etcd_relation::RelationFlow,
@@ -304,7 +321,12 @@ impl Manager {
         });
         let committed_grant = peer
             .as_ref()
-            .and_then(|p| LockState::decode(&p.app).grant)
+            .and_then(|p| {
+                LockState::decode(&p.app)
+                    .holders()
+                    .into_iter()
+                    .find(|g| g.unit == context.unit)
+            })
             .map(|g| g.identity());
         Ok(Manager {
             config,
@@ -315,6 +337,8 @@ impl Manager {
             commands: VecDeque::new(),
             awaiting: None,
             awaiting_etcd: None,
+            awaiting_health: None,
+            awaiting_roll_notice: false,
             etcd: context.etcd,
             etcd_relation: context.etcd_relation,
             relation_flow: Default::default(),
@@ -377,6 +401,23 @@ impl Manager {
         kwargs_json: &str,
         max_retry: Option<i64>,
     ) -> Result<(), Error> {
+        self.request_lock(
+            callback_id,
+            kwargs_json,
+            RequestOptions {
+                max_retry,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Queue an operation with options (health gate, generation argument).
+    pub fn request_lock(
+        &mut self,
+        callback_id: &str,
+        kwargs_json: &str,
+        options: RequestOptions,
+    ) -> Result<(), Error> {
         const FAILED: &str = "Failed to create the lock request";
         if !self.config.callback_ids.iter().any(|id| id == callback_id) {
             return Err(Error::InvalidLockRequest(format!(
@@ -405,7 +446,7 @@ impl Manager {
                 )));
             }
         };
-        let max_retry = match max_retry {
+        let max_retry = match options.max_retry {
             Some(n) if n < 0 => {
                 return Err(Error::InvalidLockRequest(format!(
                     "{FAILED}: max_retry must be >= 0, got {n}"
@@ -413,23 +454,60 @@ impl Manager {
             }
             other => other.map(|n| n as u64),
         };
+        let op_options = self.check_request_options(&options)?;
         let local = self.local_record();
-        let mut queue = local.queue.clone().map_err(|e| {
-            Error::InvalidLockRequest(format!(
+        if let Err(e) = &local.queue {
+            return Err(Error::InvalidLockRequest(format!(
                 "{FAILED}: this unit's stored queue cannot be decoded ({}); it was left untouched",
                 e.0
-            ))
-        })?;
+            )));
+        }
+        self.enqueue(callback_id, kwargs, max_retry, op_options);
+        self.advance(false);
+        Ok(())
+    }
+
+    /// Put one operation in this unit's queue (peer or etcd); the queue must be readable.
+    fn enqueue(
+        &mut self,
+        callback_id: &str,
+        kwargs: Map<String, Value>,
+        max_retry: Option<u64>,
+        op_options: crate::features::OpOptions,
+    ) {
+        let local = self.local_record();
+        let Ok(mut queue) = local.queue.clone() else {
+            return;
+        };
         let head_started = queue.head().is_some_and(|head| head.attempt > 0);
         let etcd_selected = self.etcd_selected(&local);
         let op = Operation::new(callback_id, kwargs, max_retry, self.now);
         let mut pairs = Vec::new();
         let mut appended = None;
         match queue.enqueue(op.clone(), head_started) {
-            Enqueued::Duplicate => self.log(
-                LogLevel::Info,
-                format!("An identical {callback_id:?} request is already queued and not started; not adding another."),
-            ),
+            Enqueued::Duplicate => {
+                self.log(
+                    LogLevel::Info,
+                    format!("An identical {callback_id:?} request is already queued and not started; not adding another."),
+                );
+                let twin = queue
+                    .ops()
+                    .iter()
+                    .rev()
+                    .find(|queued| queued.same_request(&op))
+                    .map(Operation::op_id);
+                if let Some(twin) = twin.filter(|_| !op_options.is_empty()) {
+                    let mut options = self.op_options(&twin);
+                    options.roll = op_options.roll.or(options.roll);
+                    options.health_check = op_options.health_check.clone().or(options.health_check);
+                    options.health_timeout = op_options.health_timeout.or(options.health_timeout);
+                    options.generation_kwarg = op_options
+                        .generation_kwarg
+                        .clone()
+                        .or(options.generation_kwarg);
+                    pairs.push(self.op_options_pair(&queue, Some((twin, options))));
+                }
+            }
             Enqueued::Appended => {
                 let intent = match (queue.len(), local.intent.clone()) {
                     (1, _) | (_, Ok(Intent::Idle)) | (_, Err(_)) => Intent::Request,
@@ -437,8 +515,17 @@ impl Manager {
                 };
                 pairs.push((wire::OPERATIONS.to_string(), queue.encode()));
                 pairs.push((wire::STATE.to_string(), intent.as_str().to_string()));
+                if !op_options.is_empty() {
+                    pairs.push(self.op_options_pair(&queue, Some((op.op_id(), op_options))));
+                }
                 appended = Some(op);
-                self.log(LogLevel::Info, format!("Queued {callback_id:?} ({} queued on this unit).", queue.len()));
+                self.log(
+                    LogLevel::Info,
+                    format!(
+                        "Queued {callback_id:?} ({} queued on this unit).",
+                        queue.len()
+                    ),
+                );
             }
         }
         if etcd_selected {
@@ -455,8 +542,6 @@ impl Manager {
             }
         }
         self.set_local(pairs);
-        self.advance(false);
-        Ok(())
     }
 
     /// React to a hook.
@@ -497,6 +582,23 @@ impl Manager {
     /// The host's answer to [`Command::RunCallback`]; `now` is the clock after it returned.
     pub fn handle_callback_result(&mut self, outcome: CallbackOutcome, now: Timestamp) {
         self.now = now;
+        if let Some((grant, gate)) = self.awaiting_health.take() {
+            self.health_result(outcome, &grant, gate);
+            self.advance(false);
+            return;
+        }
+        if std::mem::take(&mut self.awaiting_roll_notice) {
+            if let CallbackOutcome::Raised(why) | CallbackOutcome::Returned(Some(why)) = &outcome
+                && matches!(outcome, CallbackOutcome::Raised(_))
+            {
+                self.log(
+                    LogLevel::Error,
+                    format!("The roll-complete callback raised: {why}"),
+                );
+            }
+            self.advance(false);
+            return;
+        }
         if let Some((key, op)) = self.awaiting_etcd.take() {
             let result = self.map_outcome(&op.callback_id, outcome);
             self.etcd_record(result, &key, &op);
@@ -638,6 +740,21 @@ impl Manager {
                 "held_for_seconds": g.at.map(|at| self.now.seconds_since(at)),
                 "generation": g.seq,
             })),
+            "holders": lock.holders().iter().map(|g| json!({
+                "unit": g.unit,
+                "generation": g.seq,
+                "held_for_seconds": g.at.map(|at| self.now.seconds_since(at)),
+            })).collect::<Vec<_>>(),
+            "engaged_features": self.engaged_features().iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+            "policy": crate::features::decode_policy(&peer.app),
+            "paused": crate::features::decode_pause(&peer.app),
+            "roll": crate::features::decode_roll(&peer.app).map(|r| json!({
+                "generation": r.generation,
+                "callback_id": r.callback_id,
+                "started": r.started,
+                "completed": r.completed,
+                "pending_units": self.roll_pending(r.generation),
+            })),
             "units": units,
             "etcd": self.describe_etcd(),
             "remote_units_not_read": peer.remote_units.iter()
@@ -661,9 +778,11 @@ impl Manager {
     /// Schedule (leader), run this unit's turn inline when it holds the lock (at most one
     /// callback per hook), and ask for a fresh hook when another turn is due.
     fn advance(&mut self, inline: bool) {
-        if self.peer.is_none() || self.awaiting.is_some() || self.awaiting_etcd.is_some() {
+        if self.peer.is_none() || self.busy() {
             return;
         }
+        self.advertise_features();
+        self.join_roll();
         if !self.local_record().peer_managed() {
             let why = match &self.etcd {
                 None => Some("this hook has no etcd cluster id".to_string()),
@@ -676,11 +795,20 @@ impl Manager {
         loop {
             if self.leader {
                 self.schedule();
+                if inline && !self.callback_ran && self.notify_roll_complete() {
+                    return;
+                }
             }
             let Some(grant) = self.should_run() else {
                 return;
             };
             let committed = self.committed_grant.as_deref() == Some(grant.identity().as_str());
+            if let Some(gate) = self.open_gate(&grant) {
+                if inline && !self.callback_ran && committed {
+                    self.run_health_check(&grant, gate);
+                }
+                return;
+            }
             if !inline || self.callback_ran || !committed {
                 self.wake_up();
                 return;
@@ -692,58 +820,113 @@ impl Manager {
         }
     }
 
-    /// The leader's pass: end a finished grant, then grant the next unit.
+    /// The leader's pass: end finished grants, then grant waiting units up to capacity.
     fn schedule(&mut self) {
-        let lock = {
+        let (lock, policy, paused) = {
             let peer = self.peer.as_ref().expect("scheduling needs the relation");
-            LockState::decode(&peer.app)
+            (
+                LockState::decode(&peer.app),
+                crate::features::decode_policy(&peer.app),
+                crate::features::decode_pause(&peer.app),
+            )
         };
+        let engaged = self.engaged_features();
+        let local = self.local_record();
         let mut seq = lock.last_seq;
-        if let Some(grant) = &lock.grant {
-            let local = self.local_record();
-            let holder = self.holder_record(grant, &local);
-            match release_reason(holder.as_ref(), grant) {
-                None => return,
+        let mut holders = Vec::new();
+        let mut changed = false;
+        for grant in lock.holders() {
+            let holder = self.holder_record(&grant, &local);
+            let reason = release_reason(holder.as_ref(), &grant).or_else(|| {
+                let timeout = policy
+                    .grant_timeout
+                    .filter(|_| engaged.contains(&Feature::GrantTimeout))?;
+                let at = grant.at?;
+                (self.now.seconds_since(at) >= f64::from(timeout))
+                    .then_some(ReleaseReason::TimedOut)
+            });
+            match reason {
+                None => holders.push(grant),
                 Some(reason) => {
+                    let level = match reason {
+                        ReleaseReason::TimedOut => LogLevel::Warning,
+                        _ => LogLevel::Info,
+                    };
                     self.log(
-                        LogLevel::Info,
+                        level,
                         format!(
                             "Releasing the lock held by {}: {}.",
                             grant.unit,
                             reason.describe()
                         ),
                     );
-                    self.set_app(wire::release_pairs(seq));
+                    if let Some(holder) = &holder {
+                        self.halt_on_failed_gate(holder, &grant, &policy, &engaged);
+                    }
+                    changed = true;
                 }
             }
         }
-        let local = self.local_record();
-        let peer = self.peer.as_ref().expect("scheduling needs the relation");
-        let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
-        units.push(&local);
-        units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
-        let skipped: Vec<String> = units
-            .iter()
-            .filter_map(|u| {
-                u.schedulable()
-                    .err()
-                    .map(|e| format!("{} ({})", u.name, e.0))
-            })
-            .collect();
-        let next = next_grant(units.iter().copied()).map(|u| u.name.clone());
-        if !skipped.is_empty() {
-            self.log(
-                LogLevel::Error,
-                format!(
-                    "Skipping units whose rollingops data cannot be decoded: {}.",
-                    skipped.join(", ")
-                ),
-            );
+        let capacity = if engaged.contains(&Feature::MaxConcurrent) {
+            policy.max_concurrent.max(1) as usize
+        } else {
+            1
+        };
+        let paused = paused.is_some() && engaged.contains(&Feature::Pause);
+        let ranked =
+            engaged.contains(&Feature::Rank) && policy.ordering == crate::features::Ordering::Rank;
+        let mut granted = Vec::new();
+        {
+            let local = self.local_record();
+            let peer = self.peer.as_ref().expect("scheduling needs the relation");
+            let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
+            units.push(&local);
+            units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            let skipped: Vec<String> = units
+                .iter()
+                .filter_map(|u| {
+                    u.schedulable()
+                        .err()
+                        .map(|e| format!("{} ({})", u.name, e.0))
+                })
+                .collect();
+            if !skipped.is_empty() {
+                self.commands.push_back(Command::Log {
+                    level: LogLevel::Error,
+                    message: format!(
+                        "Skipping units whose rollingops data cannot be decoded: {}.",
+                        skipped.join(", ")
+                    ),
+                });
+            }
+            let rank = |u: &UnitRecord| if ranked { u.rank } else { 0 };
+            while !paused && holders.len() + granted.len() < capacity {
+                let candidates = units.iter().copied().filter(|u| {
+                    !holders.iter().any(|g: &Grant| g.unit == u.name) && !granted.contains(&u.name)
+                });
+                match next_grant(candidates, rank) {
+                    Some(unit) => granted.push(unit.name.clone()),
+                    None => break,
+                }
+            }
         }
-        if let Some(unit) = next {
+        for unit in granted {
             seq += 1;
-            self.log(LogLevel::Info, format!("Granting the lock to {unit}."));
-            self.set_app(wire::grant_pairs(&unit, self.now, seq));
+            self.log(
+                LogLevel::Info,
+                format!("Granting the lock to {unit} (generation {seq})."),
+            );
+            holders.push(wire::new_grant(&unit, self.now, seq));
+            changed = true;
+            if let Some(timeout) = policy
+                .grant_timeout
+                .filter(|_| engaged.contains(&Feature::GrantTimeout))
+            {
+                self.dispatch_after(timeout.saturating_mul(1000));
+            }
+        }
+        if changed {
+            self.set_app(LockState::pairs(&holders, seq));
         }
     }
 
@@ -762,10 +945,10 @@ impl Manager {
     /// The grant this unit should run under now, if any.
     fn should_run(&self) -> Option<Grant> {
         let peer = self.peer.as_ref()?;
-        let grant = LockState::decode(&peer.app).grant?;
-        if grant.unit != self.unit {
-            return None;
-        }
+        let grant = LockState::decode(&peer.app)
+            .holders()
+            .into_iter()
+            .find(|g| g.unit == self.unit)?;
         let local = self.local_record();
         if !local.peer_managed() {
             return None;
@@ -815,13 +998,16 @@ impl Manager {
                 ),
             );
             let mut queue = queue;
-            queue.drop_head();
+            let dropped = queue.drop_head();
             let intent = if queue.is_empty() {
                 Intent::Idle
             } else {
                 Intent::Request
             };
             self.write_turn(&queue, intent, grant);
+            if let Some(op) = dropped {
+                self.forget_op(&op, false);
+            }
             return Execution::Recorded;
         }
         self.log(
@@ -832,9 +1018,13 @@ impl Manager {
                 head.attempt + 1
             ),
         );
+        let mut kwargs = head.kwargs.clone();
+        if let Some(name) = self.op_options(&head.op_id()).generation_kwarg {
+            kwargs.insert(name, json!(grant.seq.unwrap_or(0)));
+        }
         self.commands.push_back(Command::RunCallback {
             id: head.callback_id.clone(),
-            kwargs_json: kwargs_json(&head.kwargs),
+            kwargs_json: kwargs_json(&kwargs),
         });
         self.awaiting = Some(grant.clone());
         self.callback_ran = true;
@@ -842,11 +1032,29 @@ impl Manager {
     }
 
     fn record(&mut self, result: OperationResult, grant: &Grant) {
-        let Ok(mut queue) = self.local_record().queue else {
+        let Ok(queue) = self.local_record().queue else {
             return;
         };
-        let id = queue
-            .head()
+        let head = queue.head().cloned();
+        if let Some(head) = &head
+            && result == OperationResult::Release
+            && self.open_health_gate(grant, head)
+        {
+            return;
+        }
+        self.record_turn(queue, head, result, grant);
+    }
+
+    /// Record `result` of the head operation `head` (taken from `queue`) under `grant`.
+    fn record_turn(
+        &mut self,
+        mut queue: OperationQueue,
+        head: Option<Operation>,
+        result: OperationResult,
+        grant: &Grant,
+    ) {
+        let id = head
+            .as_ref()
             .map(|h| h.callback_id.clone())
             .unwrap_or_default();
         let intent = match queue.record(result) {
@@ -872,6 +1080,11 @@ impl Manager {
             format!("{id:?} finished with {}.", result.as_str()),
         );
         self.write_turn(&queue, intent, grant);
+        if let Some(head) = head
+            && queue.head().is_none_or(|h| h.op_id() != head.op_id())
+        {
+            self.forget_op(&head, false);
+        }
     }
 
     fn write_turn(&mut self, queue: &OperationQueue, intent: Intent, grant: &Grant) {
@@ -1047,5 +1260,14 @@ fn describe_unit(unit: &UnitRecord, now: Timestamp) -> Value {
         "executed_at": unit.executed_at.map(|t| t.to_string()),
         "queue": queue,
         "errors": errors,
+        "features": unit.features.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+        "rank": unit.rank,
+        "roll": {"seen": unit.roll.seen, "done": unit.roll.done},
+        "health_gate": unit.health.as_ref().map(|g| json!({
+            "check": g.check,
+            "attempts": g.attempts,
+            "waiting_seconds": health::gate_age(g, now),
+            "failed": g.failed,
+        })),
     })
 }

@@ -14,6 +14,10 @@ pub enum ReleaseReason {
     Vanished,
     /// The holder moved its queue to etcd (§8 W4).
     EtcdManaged,
+    /// The holder did not finish within the policy's grant timeout.
+    TimedOut,
+    /// An operator released it.
+    Forced,
 }
 
 impl ReleaseReason {
@@ -24,6 +28,10 @@ impl ReleaseReason {
             ReleaseReason::ExecutedByReferenceRule => "holder finished its turn (reference rule)",
             ReleaseReason::Vanished => "holder is no longer on the relation",
             ReleaseReason::EtcdManaged => "holder's queue moved to etcd",
+            ReleaseReason::TimedOut => {
+                "holder did not finish within the grant timeout; its generation is now stale"
+            }
+            ReleaseReason::Forced => "released by an operator; its generation is now stale",
         }
     }
 }
@@ -59,13 +67,17 @@ pub fn release_reason(holder: Option<&UnitRecord>, grant: &Grant) -> Option<Rele
 /// Which unit gets the lock next, if any (the lock must be free).
 ///
 /// Priority: `retry-hold` > `request` (oldest head operation first) > `retry-release`
-/// (least recently executed first). Ties go to the lowest unit number, so the choice is
-/// deterministic (§8 W9). Units whose bags cannot be decoded or that are etcd-managed are
-/// skipped, never fatal (§8 W11). `units` must be in unit order.
-pub fn next_grant<'a>(units: impl IntoIterator<Item = &'a UnitRecord>) -> Option<&'a UnitRecord> {
+/// (least recently executed first). Within `request` and `retry-release`, a lower `rank`
+/// goes first (the leader passes 0 for all under FIFO ordering). Ties go to the lowest
+/// unit number, so the choice is deterministic (§8 W9). Units whose bags cannot be decoded
+/// or that are etcd-managed are skipped, never fatal (§8 W11). `units` must be in unit order.
+pub fn next_grant<'a>(
+    units: impl IntoIterator<Item = &'a UnitRecord>,
+    rank: impl Fn(&UnitRecord) -> i64,
+) -> Option<&'a UnitRecord> {
     let mut hold: Option<&UnitRecord> = None;
-    let mut request: Option<(&UnitRecord, i64)> = None;
-    let mut retry: Option<(&UnitRecord, i64)> = None;
+    let mut request: Option<(&UnitRecord, (i64, i64))> = None;
+    let mut retry: Option<(&UnitRecord, (i64, i64))> = None;
     for unit in units.into_iter().filter(|unit| unit.peer_managed()) {
         let Ok((queue, intent)) = unit.schedulable() else {
             continue;
@@ -75,16 +87,22 @@ pub fn next_grant<'a>(units: impl IntoIterator<Item = &'a UnitRecord>) -> Option
                 hold.get_or_insert(unit);
             }
             Intent::Request => {
-                let head = queue
-                    .head()
-                    .map(|op| op.requested_at.micros())
-                    .unwrap_or(i64::MAX);
+                let head = (
+                    rank(unit),
+                    queue
+                        .head()
+                        .map(|op| op.requested_at.micros())
+                        .unwrap_or(i64::MAX),
+                );
                 if request.is_none_or(|(_, best)| head < best) {
                     request = Some((unit, head));
                 }
             }
             Intent::RetryRelease => {
-                let last = unit.executed_at.map(|t| t.micros()).unwrap_or(i64::MIN);
+                let last = (
+                    rank(unit),
+                    unit.executed_at.map(|t| t.micros()).unwrap_or(i64::MIN),
+                );
                 if retry.is_none_or(|(_, best)| last < best) {
                     retry = Some((unit, last));
                 }
@@ -122,7 +140,7 @@ mod tests {
     }
 
     fn pick(units: &[UnitRecord]) -> Option<&str> {
-        next_grant(units).map(|u| u.name.as_str())
+        next_grant(units, |_| 0).map(|u| u.name.as_str())
     }
 
     #[test]

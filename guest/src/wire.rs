@@ -127,6 +127,14 @@ pub struct UnitRecord {
     pub executed_grant: Option<String>,
     /// Owning backend, or why it cannot be read.
     pub backend: Result<Backend, DecodeError>,
+    /// Protocol features the unit supports (empty for reference units).
+    pub features: crate::features::FeatureSet,
+    /// Scheduling rank (lower goes first when the leader orders by rank).
+    pub rank: i64,
+    /// Progress through application-wide rolls.
+    pub roll: crate::features::RollState,
+    /// The unit's health gate, if any.
+    pub health: Option<crate::features::HealthGate>,
 }
 
 impl UnitRecord {
@@ -142,6 +150,10 @@ impl UnitRecord {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string),
             backend: Backend::parse(get(PROCESSING_BACKEND)),
+            features: crate::features::decode_features(bag),
+            rank: crate::features::decode_rank(bag),
+            roll: crate::features::decode_roll_state(bag),
+            health: crate::features::decode_health(bag),
         }
     }
 
@@ -192,8 +204,11 @@ impl Grant {
 /// What the app bag says about the lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockState {
-    /// The current grant, if any.
+    /// The current grant as the reference sees it (`granted_unit`/`granted_at`), if any.
     pub grant: Option<Grant>,
+    /// Further holders when the application allows more than one (this library only);
+    /// valid only while the record they come from matches `grant`.
+    pub extra: Vec<Grant>,
     /// Highest generation written so far (0 if none).
     pub last_seq: u64,
 }
@@ -205,7 +220,8 @@ impl LockState {
             .get(GRANT)
             .and_then(|text| serde_json::from_str(text).ok());
         let field = |name: &str| record.as_ref().and_then(|r| r.get(name));
-        let last_seq = field("seq").and_then(Value::as_u64).unwrap_or(0);
+        let seq = field("seq").and_then(Value::as_u64).unwrap_or(0);
+        let last_seq = field("last").and_then(Value::as_u64).unwrap_or(0).max(seq);
         let grant = app
             .get(GRANTED_UNIT)
             .filter(|unit| !unit.is_empty())
@@ -217,22 +233,87 @@ impl LockState {
                     unit: unit.clone(),
                     at: Timestamp::parse(&at_raw),
                     at_raw,
-                    seq: ours.then_some(last_seq),
+                    seq: ours.then_some(seq),
                 }
             });
-        LockState { grant, last_seq }
+        // Extra holders count only under the grant they were written with: an old leader
+        // that rewrote `granted_unit` knows nothing of them, so they are stale.
+        let extra = match &grant {
+            Some(primary) if primary.seq.is_some() => field("extra")
+                .and_then(Value::as_array)
+                .map(|list| list.iter().filter_map(extra_grant).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        LockState {
+            grant,
+            extra,
+            last_seq,
+        }
+    }
+
+    /// Every holder, primary first.
+    pub fn holders(&self) -> Vec<Grant> {
+        self.grant
+            .iter()
+            .chain(self.extra.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// App-bag writes that store `holders` (any order) with generation counter
+    /// `last_seq`. The oldest grant becomes the one old units see; with a single holder
+    /// the record is exactly the one-holder format.
+    pub fn pairs(holders: &[Grant], last_seq: u64) -> Vec<(String, String)> {
+        let mut holders: Vec<&Grant> = holders.iter().collect();
+        holders.sort_by_key(|g| g.seq.unwrap_or(0));
+        let Some((primary, extra)) = holders.split_first() else {
+            return release_pairs(last_seq);
+        };
+        let seq = primary.seq.unwrap_or(0);
+        let mut record = json!({"seq": seq, "unit": primary.unit, "at": primary.at_raw});
+        if last_seq > seq {
+            record["last"] = json!(last_seq);
+        }
+        if !extra.is_empty() {
+            record["extra"] = extra
+                .iter()
+                .map(|g| json!({"unit": g.unit, "at": g.at_raw, "seq": g.seq.unwrap_or(0)}))
+                .collect();
+        }
+        vec![
+            (GRANTED_UNIT.into(), primary.unit.clone()),
+            (GRANTED_AT.into(), primary.at_raw.clone()),
+            (GRANT.into(), record.to_string()),
+        ]
     }
 }
 
-/// App-bag writes for a new grant with generation `seq`.
+fn extra_grant(value: &Value) -> Option<Grant> {
+    let unit = value.get("unit")?.as_str()?.to_string();
+    let at_raw = value.get("at")?.as_str()?.to_string();
+    Some(Grant {
+        unit,
+        at: Timestamp::parse(&at_raw),
+        at_raw,
+        seq: Some(value.get("seq")?.as_u64()?),
+    })
+}
+
+/// A new grant for `unit` with generation `seq`.
+pub fn new_grant(unit: &str, now: Timestamp, seq: u64) -> Grant {
+    let at_raw = now.to_string();
+    Grant {
+        unit: unit.to_string(),
+        at: Timestamp::parse(&at_raw),
+        at_raw,
+        seq: Some(seq),
+    }
+}
+
+/// App-bag writes for a new single grant with generation `seq`.
 pub fn grant_pairs(unit: &str, now: Timestamp, seq: u64) -> Vec<(String, String)> {
-    let at = now.to_string();
-    let record = json!({"seq": seq, "unit": unit, "at": at}).to_string();
-    vec![
-        (GRANTED_UNIT.into(), unit.into()),
-        (GRANTED_AT.into(), at),
-        (GRANT.into(), record),
-    ]
+    LockState::pairs(&[new_grant(unit, now, seq)], seq)
 }
 
 /// App-bag writes for releasing the lock (generation kept).
@@ -306,6 +387,7 @@ mod tests {
             free,
             LockState {
                 grant: None,
+                extra: vec![],
                 last_seq: 9
             }
         );

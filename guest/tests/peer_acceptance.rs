@@ -102,7 +102,7 @@ fn row_28_negative_max_retry_is_rejected() {
                 .starts_with("Failed to create the lock request"),
             "{err}"
         );
-        assert!(m.last().unit_writes.is_empty() && m.bags["charm/1"].is_empty());
+        assert!(m.last().unit_writes.is_empty() && only_features(&m.bags["charm/1"]));
     }
 }
 
@@ -371,7 +371,11 @@ fn row_44_all_idle_grants_nobody() {
     m.hook("charm/0", Event::UpdateStatus).unwrap();
     assert_eq!(m.holder(), None);
     assert_eq!(m.app("granted_at"), None);
-    assert!(m.app_bag.is_empty(), "{:?}", m.app_bag);
+    assert!(
+        m.app_bag.keys().all(|k| k == "rollingops-features"),
+        "{:?}",
+        m.app_bag
+    );
 }
 
 #[test]
@@ -622,7 +626,11 @@ fn row_62_three_unit_rolling_restart_writes_exactly_the_reference_keys() {
     assert!(m.dispatched.is_empty());
 
     // Final bags: no grant, and (fixed, §8 W1) no worker PID key.
-    assert_eq!(m.app_bag, bag(&[(GRANT_KEY, r#"{"seq":3}"#)]));
+    let features = rollingops_guest::features::advertised();
+    assert_eq!(
+        m.app_bag,
+        bag(&[(GRANT_KEY, r#"{"seq":3}"#), (FEATURES_KEY, &features)])
+    );
     assert_eq!(m.app(PID_KEY), None);
     for (unit, executed, echo) in [
         ("app/0", "1777636808.5", "3@1777636806.2"),
@@ -638,6 +646,7 @@ fn row_62_three_unit_rolling_restart_writes_exactly_the_reference_keys() {
                 ("processing_backend", "peer"),
                 ("etcd_cleanup_needed", "true"),
                 (ECHO_KEY, echo),
+                (FEATURES_KEY, &features),
             ]),
             "{unit}"
         );
@@ -1148,7 +1157,7 @@ fn bad_input_kwargs_not_json_or_not_an_object() {
                 .starts_with("Failed to create the lock request"),
             "{err}"
         );
-        assert!(m.bags["charm/1"].is_empty());
+        assert!(only_features(&m.bags["charm/1"]));
     }
     // Nested values of any JSON type are fine, and reach the callback unchanged.
     let mut m = charm(2);
@@ -1458,4 +1467,11 @@ fn mixed_upgraded_unit_never_runs_under_a_grant_the_leader_counts_as_done() {
     assert_eq!(m.calls_on("charm/1"), ["_restart"]);
     assert_eq!(m.calls_on("charm/2"), ["_restart"]);
     assert_eq!(m.holder(), None);
+}
+
+const FEATURES_KEY: &str = rollingops_guest::features::FEATURES;
+
+/// A bag holding nothing but the advertised features.
+fn only_features(bag: &rollingops_guest::wire::Bag) -> bool {
+    bag.keys().all(|k| k == FEATURES_KEY)
 }

@@ -9,6 +9,7 @@
 //! dispatch queues a `rollingops_lock_granted` hook; [`Model::settle`] runs them.
 #![allow(dead_code)]
 
+use rollingops_guest::features::{FEATURES, advertised};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rollingops_guest::driver::{self, BagOwner, Effects};
@@ -147,16 +148,22 @@ pub struct Model {
 }
 
 impl Model {
-    /// `count` units `<app>/0..`, unit 0 the leader, an empty peer relation, no callbacks.
+    /// `count` units `<app>/0..`, unit 0 the leader, a peer relation on which every unit
+    /// already advertised this library's features (the steady state after an upgrade; the
+    /// extended keys are then never rewritten), no callbacks.
     pub fn new(app: &str, count: usize) -> Self {
         let units: Vec<String> = (0..count).map(|i| format!("{app}/{i}")).collect();
+        let advertised: Bag = [(FEATURES.to_string(), advertised())].into_iter().collect();
         Model {
             leader: units[0].clone(),
-            bags: units.iter().map(|u| (u.clone(), Bag::new())).collect(),
+            bags: units
+                .iter()
+                .map(|u| (u.clone(), advertised.clone()))
+                .collect(),
             units,
             relation: true,
             etcd_configured: false,
-            app_bag: Bag::new(),
+            app_bag: advertised.clone(),
             clock: T0,
             skew: BTreeMap::new(),
             callbacks: BTreeMap::new(),

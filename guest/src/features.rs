@@ -1,0 +1,331 @@
+//! Protocol features beyond the reference, and the databag keys that carry them.
+//!
+//! Wire rule: these features only add keys. Every unit of this library advertises what it
+//! supports in its bag (`rollingops-features`); the leader engages a feature only when
+//! every unit on the relation advertises it and publishes the engaged set in the app bag
+//! (so non-leaders, which read only their own bag, know it too). A reference unit
+//! advertises nothing, so with one present the application behaves as the reference does.
+//!
+//! Keys (all JSON):
+//! * unit `rollingops-features` — `["health-gate", …]`, what this unit supports;
+//! * unit `rollingops-rank` — this unit's rank (lower goes first);
+//! * unit `rollingops-op-options` — `{op_id: {health_check, health_timeout, generation_kwarg,
+//!   roll}}`, options of queued operations kept beside the reference's `operations` list;
+//! * unit `rollingops-health` — the health gate this unit is in, or the one that failed;
+//! * unit `rollingops-roll-state` — `{"seen": G, "done": G}` for application-wide rolls;
+//! * app `rollingops-features` — the engaged set;
+//! * app `rollingops-policy` — `{max_concurrent, grant_timeout, ordering, halt_on_health_failure}`;
+//! * app `rollingops-paused` — `{since, reason}` while grants are paused;
+//! * app `rollingops-roll` — the current application-wide roll.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::wire::Bag;
+
+/// Unit and app bag: supported / engaged features.
+pub const FEATURES: &str = "rollingops-features";
+/// Unit bag: scheduling rank.
+pub const RANK: &str = "rollingops-rank";
+/// Unit bag: options of queued operations.
+pub const OP_OPTIONS: &str = "rollingops-op-options";
+/// Unit bag: the health gate.
+pub const HEALTH: &str = "rollingops-health";
+/// Unit bag: progress through application-wide rolls.
+pub const ROLL_STATE: &str = "rollingops-roll-state";
+/// App bag: the leader's scheduling policy.
+pub const POLICY: &str = "rollingops-policy";
+/// App bag: pause record.
+pub const PAUSED: &str = "rollingops-paused";
+/// App bag: the application-wide roll.
+pub const ROLL: &str = "rollingops-roll";
+
+/// A protocol feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    /// Hold the lock until a readiness check passes.
+    HealthGate,
+    /// Charm-supplied rank ordering.
+    Rank,
+    /// More than one holder.
+    MaxConcurrent,
+    /// Reclaim grants from stuck holders.
+    GrantTimeout,
+    /// Application-wide rolls.
+    Roll,
+    /// Pausing grants.
+    Pause,
+}
+
+impl Feature {
+    /// Everything this library supports.
+    pub const ALL: [Feature; 6] = [
+        Feature::HealthGate,
+        Feature::Rank,
+        Feature::MaxConcurrent,
+        Feature::GrantTimeout,
+        Feature::Roll,
+        Feature::Pause,
+    ];
+
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::HealthGate => "health-gate",
+            Feature::Rank => "rank",
+            Feature::MaxConcurrent => "max-concurrent",
+            Feature::GrantTimeout => "grant-timeout",
+            Feature::Roll => "roll",
+            Feature::Pause => "pause",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Feature::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+}
+
+/// A set of features.
+pub type FeatureSet = BTreeSet<Feature>;
+
+/// The value this library advertises in its unit bag.
+pub fn advertised() -> String {
+    encode_features(&Feature::ALL.into_iter().collect())
+}
+
+/// Encode a feature set (sorted, so equal sets write equal bytes).
+pub fn encode_features(set: &FeatureSet) -> String {
+    Value::from(set.iter().map(|f| f.as_str()).collect::<Vec<_>>()).to_string()
+}
+
+/// Decode a feature set; unknown names (a newer unit) are ignored, garbage is empty.
+pub fn decode_features(bag: &Bag) -> FeatureSet {
+    bag.get(FEATURES)
+        .and_then(|text| serde_json::from_str::<Vec<String>>(text).ok())
+        .map(|names| names.iter().filter_map(|n| Feature::parse(n)).collect())
+        .unwrap_or_default()
+}
+
+/// A unit's rank (0 when absent or unreadable).
+pub fn decode_rank(bag: &Bag) -> i64 {
+    bag.get(RANK)
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How the leader orders waiting units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// Oldest request first (the reference's order).
+    #[default]
+    Fifo,
+    /// Lowest `rollingops-rank` first, then oldest request.
+    Rank,
+}
+
+/// The leader's scheduling policy (app bag `rollingops-policy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// How many units may hold the lock at once.
+    pub max_concurrent: u32,
+    /// Seconds after which the leader reclaims a grant from a holder that has not finished.
+    pub grant_timeout: Option<u32>,
+    /// Waiting-unit order.
+    pub ordering: Ordering,
+    /// Pause the application when a health gate times out.
+    pub halt_on_health_failure: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_concurrent: 1,
+            grant_timeout: None,
+            ordering: Ordering::Fifo,
+            halt_on_health_failure: true,
+        }
+    }
+}
+
+/// Why grants are paused (app bag `rollingops-paused`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// When (leader clock, seconds as text).
+    pub since: String,
+    /// Who or what paused, for people.
+    pub reason: String,
+}
+
+/// Options of one queued operation, kept outside the reference's operation JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpOptions {
+    /// Callback that must report ready before the lock moves on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
+    /// Seconds to wait for the check before giving up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<u32>,
+    /// Name of the keyword argument that receives the grant generation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_kwarg: Option<String>,
+    /// The application-wide roll this operation belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll: Option<u64>,
+}
+
+impl OpOptions {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == OpOptions::default()
+    }
+}
+
+/// `rollingops-op-options`: op id → options.
+pub type OpOptionsMap = BTreeMap<String, OpOptions>;
+
+/// Decode the options map (unreadable counts as empty: the ops still run, ungated).
+pub fn decode_op_options(bag: &Bag) -> OpOptionsMap {
+    bag.get(OP_OPTIONS)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// Encode the options map; empty deletes the key.
+pub fn encode_op_options(map: &OpOptionsMap) -> String {
+    if map.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(map).expect("plain data")
+    }
+}
+
+/// A health gate (unit bag `rollingops-health`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthGate {
+    /// Identity of the grant the gated operation ran under.
+    pub grant: String,
+    /// The gated operation.
+    pub op: String,
+    /// The check's callback id.
+    pub check: String,
+    /// When the operation finished (unit clock, microseconds).
+    pub started: i64,
+    /// When to give up (microseconds).
+    pub deadline: i64,
+    /// Checks run so far.
+    pub attempts: u32,
+    /// When the next check is due (microseconds).
+    pub next_check: i64,
+    /// Set when the gate timed out: the lock was handed on without the check passing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
+}
+
+/// Decode the health gate record.
+pub fn decode_health(bag: &Bag) -> Option<HealthGate> {
+    bag.get(HEALTH)
+        .and_then(|text| serde_json::from_str(text).ok())
+}
+
+/// An application-wide roll (app bag `rollingops-roll`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roll {
+    /// Roll generation (1, 2, …).
+    pub generation: u64,
+    /// Callback each unit runs once.
+    pub callback_id: String,
+    /// Its keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Health check gating each unit's hand-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
+    /// Seconds to wait for the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<u32>,
+    /// Callback the leader runs once every unit has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_complete: Option<String>,
+    /// When the roll started (leader clock, seconds as text).
+    pub started: String,
+    /// When it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<String>,
+}
+
+/// Decode the roll record.
+pub fn decode_roll(app: &Bag) -> Option<Roll> {
+    app.get(ROLL)
+        .and_then(|text| serde_json::from_str(text).ok())
+}
+
+/// A unit's progress through rolls (unit bag `rollingops-roll-state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollState {
+    /// Highest roll generation this unit has queued.
+    pub seen: u64,
+    /// Highest roll generation this unit has finished.
+    pub done: u64,
+}
+
+/// Decode a unit's roll progress.
+pub fn decode_roll_state(bag: &Bag) -> RollState {
+    bag.get(ROLL_STATE)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// Decode the policy (unreadable or absent: the default).
+pub fn decode_policy(app: &Bag) -> Policy {
+    app.get(POLICY)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
+/// Decode the pause record.
+pub fn decode_pause(app: &Bag) -> Option<Pause> {
+    app.get(PAUSED)
+        .and_then(|text| serde_json::from_str(text).ok())
+}
+
+/// Encode any record as compact JSON.
+pub fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_round_trip_and_ignore_unknown_names() {
+        let mut bag = Bag::new();
+        bag.insert(FEATURES.into(), advertised());
+        assert_eq!(decode_features(&bag).len(), Feature::ALL.len());
+        bag.insert(FEATURES.into(), r#"["rank","teleport"]"#.into());
+        assert_eq!(
+            decode_features(&bag),
+            [Feature::Rank].into_iter().collect::<FeatureSet>()
+        );
+        bag.insert(FEATURES.into(), "{garbage".into());
+        assert!(decode_features(&bag).is_empty());
+    }
+
+    #[test]
+    fn policy_defaults_fill_missing_fields() {
+        let mut app = Bag::new();
+        assert_eq!(decode_policy(&app), Policy::default());
+        app.insert(POLICY.into(), r#"{"max_concurrent":3}"#.into());
+        let policy = decode_policy(&app);
+        assert_eq!(policy.max_concurrent, 3);
+        assert!(policy.halt_on_health_failure);
+        assert_eq!(policy.ordering, Ordering::Fifo);
+        app.insert(POLICY.into(), r#"{"ordering":"rank"}"#.into());
+        assert_eq!(decode_policy(&app).ordering, Ordering::Rank);
+    }
+}
