@@ -9,6 +9,7 @@ use crate::etcd::worker::Output;
 use crate::manager::{
     CallbackOutcome, ClientIdentity, Config, Event, LogLevel, Manager, Status, SyncBackendError,
 };
+use crate::manager::{Control, PolicyUpdate, RequestOptions, RollRequest};
 use crate::timestamp::Timestamp;
 use crate::wire::{Backend, Bag};
 
@@ -74,6 +75,60 @@ impl GuestManager for ManagerResource {
         max_retry: Option<i64>,
     ) -> Result<(), wit::Error> {
         self.with(|m, fx| driver::request_async_lock(m, fx, &callback_id, &kwargs_json, max_retry))
+    }
+
+    fn request_lock(
+        &self,
+        callback_id: String,
+        kwargs_json: String,
+        options: wit::RequestOptions,
+    ) -> Result<(), wit::Error> {
+        let options = RequestOptions {
+            max_retry: options.max_retry,
+            health_check: options.health_check,
+            health_timeout: options.health_timeout_seconds,
+            generation_kwarg: options.generation_kwarg,
+        };
+        self.with(|m, fx| {
+            driver::call(m, fx, |m| {
+                m.request_lock(&callback_id, &kwargs_json, options)
+            })
+        })
+    }
+
+    fn set_policy(&self, policy: wit::Policy) -> Result<(), wit::Error> {
+        let update = PolicyUpdate {
+            max_concurrent: policy.max_concurrent,
+            grant_timeout: policy.grant_timeout_seconds,
+            rank_ordering: policy.rank_ordering,
+            halt_on_health_failure: policy.halt_on_health_failure,
+        };
+        self.with(|m, fx| driver::call(m, fx, |m| m.set_policy(update)))
+    }
+
+    fn set_rank(&self, rank: i64) -> Result<(), wit::Error> {
+        self.with(|m, fx| driver::call(m, fx, |m| m.set_rank(rank)))
+    }
+
+    fn control(&self, action: wit::Control) -> Result<u32, wit::Error> {
+        let control = match action {
+            wit::Control::Pause(reason) => Control::Pause(reason),
+            wit::Control::Resume => Control::Resume,
+            wit::Control::Cancel(id) => Control::Cancel(id),
+            wit::Control::ForceRelease(unit) => Control::ForceRelease(unit),
+        };
+        self.with(|m, fx| driver::call(m, fx, |m| m.control(control)))
+    }
+
+    fn start_roll(&self, request: wit::RollRequest) -> Result<u64, wit::Error> {
+        let request = RollRequest {
+            callback_id: request.callback_id,
+            kwargs_json: request.kwargs_json,
+            health_check: request.health_check,
+            health_timeout: request.health_timeout_seconds,
+            on_complete: request.on_complete,
+        };
+        self.with(|m, fx| driver::call(m, fx, |m| m.start_roll(request)))
     }
 
     fn handle_event(&self, event: wit::Event) -> Result<(), wit::Error> {
@@ -188,6 +243,10 @@ impl Effects for Imports {
 
     fn dispatch(&mut self, event: &str) -> Result<(), Error> {
         hook::dispatch(event).map_err(from_wit)
+    }
+
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), Error> {
+        hook::dispatch_after(event, delay_ms).map_err(from_wit)
     }
 
     fn now(&mut self) -> Timestamp {

@@ -430,6 +430,17 @@ pub fn request_async_lock(
     result
 }
 
+/// Any other manager call end to end: run it, then carry out what it asked for.
+pub fn call<T>(
+    manager: &mut Manager,
+    fx: &mut impl Effects,
+    f: impl FnOnce(&mut Manager) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let result = f(manager);
+    drive(manager, fx)?;
+    result
+}
+
 /// One hook event end to end.
 pub fn handle_event(
     manager: &mut Manager,

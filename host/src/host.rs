@@ -81,6 +81,13 @@ pub trait Host: Send {
     fn log(&mut self, level: LogLevel, message: &str);
     /// Run a hook on this unit after the current one (`juju-exec`), without waiting.
     fn dispatch(&mut self, event: &str) -> Result<(), Error>;
+    /// Run a hook on this unit no sooner than `delay_ms` from now, without waiting.
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), Error> {
+        let _ = (event, delay_ms);
+        Err(Error::Host(
+            "this host cannot dispatch a hook after a delay".into(),
+        ))
+    }
     /// Microseconds since the Unix epoch.
     fn now_micros(&mut self) -> i64;
     /// Block (etcd worker and sync lock only).

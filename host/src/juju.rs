@@ -376,12 +376,16 @@ pub fn dispatch_command(charm_dir: &Path, event: &str) -> String {
 /// detached: a new session, no stdin, stdout and stderr appended to `log`, the hook's
 /// environment without `JUJU_CONTEXT_ID`. It returns at once; `juju-exec` itself waits for
 /// the unit's hook lock, so the new hook runs after the current one. Returns the pid.
+///
+/// With a `delay_ms`, the detached process first waits (`/bin/sh -c 'sleep …; exec …'`),
+/// so the hook that asked never sleeps.
 pub fn spawn_juju_exec(
     juju_exec: &Path,
     unit: &str,
     charm_dir: &Path,
     event: &str,
     log: &Path,
+    delay_ms: u32,
 ) -> std::io::Result<u32> {
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent)?;
@@ -390,7 +394,15 @@ pub fn spawn_juju_exec(
         .create(true)
         .append(true)
         .open(log)?;
-    let mut command = Command::new(juju_exec);
+    let mut command = if delay_ms == 0 {
+        Command::new(juju_exec)
+    } else {
+        let mut sh = Command::new("/bin/sh");
+        sh.args(["-c", "sleep \"$0\" && exec \"$@\""])
+            .arg(format!("{}.{:03}", delay_ms / 1000, delay_ms % 1000))
+            .arg(juju_exec);
+        sh
+    };
     command
         .args([OsStr::new("-u"), OsStr::new(unit)])
         .arg(dispatch_command(charm_dir, event))
@@ -644,6 +656,10 @@ impl Host for JujuHost {
     }
 
     fn dispatch(&mut self, event: &str) -> Result<(), WitError> {
+        self.dispatch_after(event, 0)
+    }
+
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), WitError> {
         if !valid_hook_name(event) {
             return Err(WitError::Host(format!(
                 "refusing to dispatch {event:?}: not a hook name"
@@ -662,6 +678,7 @@ impl Host for JujuHost {
             &self.env.charm_dir,
             event,
             &log,
+            delay_ms,
         )
         .map(|_| ())
         .map_err(|e| {

@@ -26,8 +26,8 @@ pub mod sim;
 
 pub use bindings::juju::rollingops::charm::SyncBackendError;
 pub use bindings::juju::rollingops::types::{
-    BagOwner, CallbackOutcome, Config, Error as WitError, Event, ExecOutput, LogLevel,
-    OperationResult, ProcessingBackend, State, Status,
+    BagOwner, CallbackOutcome, Config, Control, Error as WitError, Event, ExecOutput, LogLevel,
+    OperationResult, Policy, ProcessingBackend, RequestOptions, RollRequest, State, Status,
 };
 pub use charm::RollingOpsManager;
 pub use host::Host;

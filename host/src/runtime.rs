@@ -9,7 +9,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::Rollingops;
 use crate::bindings::juju::rollingops::types::{
-    self as wit, BagOwner, CallbackOutcome, Config, Event, ExecOutput, LogLevel, State,
+    self as wit, BagOwner, CallbackOutcome, Config, Control, Event, ExecOutput, LogLevel, Policy,
+    RequestOptions, RollRequest, State,
 };
 use crate::bindings::juju::rollingops::{charm, clock, crypto, files, juju, process};
 use crate::cache::{self, CacheOutcome};
@@ -217,6 +218,47 @@ impl Session {
         ))
     }
 
+    /// `request-lock`: queue with options.
+    pub fn request_lock(
+        &mut self,
+        callback_id: &str,
+        kwargs_json: &str,
+        options: &RequestOptions,
+    ) -> Result<(), Error> {
+        let api = self.bindings.juju_rollingops_api().manager();
+        flatten(api.call_request_lock(
+            &mut self.store,
+            self.manager,
+            callback_id,
+            kwargs_json,
+            options,
+        ))
+    }
+
+    /// `set-policy` (leader only).
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
+        let api = self.bindings.juju_rollingops_api().manager();
+        flatten(api.call_set_policy(&mut self.store, self.manager, *policy))
+    }
+
+    /// `set-rank`.
+    pub fn set_rank(&mut self, rank: i64) -> Result<(), Error> {
+        let api = self.bindings.juju_rollingops_api().manager();
+        flatten(api.call_set_rank(&mut self.store, self.manager, rank))
+    }
+
+    /// `control`: pause, resume, cancel, force-release.
+    pub fn control(&mut self, action: &Control) -> Result<u32, Error> {
+        let api = self.bindings.juju_rollingops_api().manager();
+        flatten(api.call_control(&mut self.store, self.manager, action))
+    }
+
+    /// `start-roll` (leader only); returns the roll generation.
+    pub fn start_roll(&mut self, request: &RollRequest) -> Result<u64, Error> {
+        let api = self.bindings.juju_rollingops_api().manager();
+        flatten(api.call_start_roll(&mut self.store, self.manager, request))
+    }
+
     /// Hand a hook to the manager.
     pub fn handle_event(&mut self, event: &Event) -> Result<(), Error> {
         let api = self.bindings.juju_rollingops_api().manager();
@@ -348,6 +390,9 @@ impl juju::Host for StoreData {
     }
     fn dispatch(&mut self, event_name: String) -> Result<(), wit::Error> {
         self.host.dispatch(&event_name)
+    }
+    fn dispatch_after(&mut self, event_name: String, delay_ms: u32) -> Result<(), wit::Error> {
+        self.host.dispatch_after(&event_name, delay_ms)
     }
 }
 
