@@ -13,5 +13,6 @@ mod e2e;
 mod e2e_go;
 mod etcd;
 mod fake_juju;
+mod features;
 mod simulation;
 mod vectors;

@@ -795,8 +795,13 @@ impl Manager {
         loop {
             if self.leader {
                 self.schedule();
-                if inline && !self.callback_ran && self.notify_roll_complete() {
-                    return;
+                if inline && !self.callback_ran {
+                    if self.notify_roll_complete() {
+                        return;
+                    }
+                } else if self.roll_ready() {
+                    // Finish the roll in a hook of its own (one callback per hook).
+                    self.wake_up();
                 }
             }
             let Some(grant) = self.should_run() else {
@@ -835,6 +840,9 @@ impl Manager {
         let mut seq = lock.last_seq;
         let mut holders = Vec::new();
         let mut changed = false;
+        // A holder whose grant was reclaimed may still be running: not granted again in
+        // this pass, so the lock really moves on.
+        let mut reclaimed: Vec<String> = Vec::new();
         for grant in lock.holders() {
             let holder = self.holder_record(&grant, &local);
             let reason = release_reason(holder.as_ref(), &grant).or_else(|| {
@@ -863,6 +871,9 @@ impl Manager {
                     if let Some(holder) = &holder {
                         self.halt_on_failed_gate(holder, &grant, &policy, &engaged);
                     }
+                    if matches!(reason, ReleaseReason::TimedOut | ReleaseReason::Forced) {
+                        reclaimed.push(grant.unit.clone());
+                    }
                     changed = true;
                 }
             }
@@ -872,7 +883,13 @@ impl Manager {
         } else {
             1
         };
-        let paused = paused.is_some() && engaged.contains(&Feature::Pause);
+        // A release above may have paused the application (a failed health gate).
+        let paused = (paused.is_some()
+            || self
+                .peer
+                .as_ref()
+                .is_some_and(|p| crate::features::decode_pause(&p.app).is_some()))
+            && engaged.contains(&Feature::Pause);
         let ranked =
             engaged.contains(&Feature::Rank) && policy.ordering == crate::features::Ordering::Rank;
         let mut granted = Vec::new();
@@ -902,7 +919,9 @@ impl Manager {
             let rank = |u: &UnitRecord| if ranked { u.rank } else { 0 };
             while !paused && holders.len() + granted.len() < capacity {
                 let candidates = units.iter().copied().filter(|u| {
-                    !holders.iter().any(|g: &Grant| g.unit == u.name) && !granted.contains(&u.name)
+                    !holders.iter().any(|g: &Grant| g.unit == u.name)
+                        && !granted.contains(&u.name)
+                        && !reclaimed.contains(&u.name)
                 });
                 match next_grant(candidates, rank) {
                     Some(unit) => granted.push(unit.name.clone()),

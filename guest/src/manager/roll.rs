@@ -113,6 +113,16 @@ impl Manager {
         pending
     }
 
+    /// Whether a roll has finished on every unit but is not marked complete yet.
+    pub(super) fn roll_ready(&self) -> bool {
+        self.peer
+            .as_ref()
+            .and_then(|p| features::decode_roll(&p.app))
+            .is_some_and(|roll| {
+                roll.completed.is_none() && self.roll_pending(roll.generation).is_empty()
+            })
+    }
+
     /// Leader: mark a finished roll complete and run its completion callback. Returns
     /// whether a callback started.
     pub(super) fn notify_roll_complete(&mut self) -> bool {
@@ -123,7 +133,7 @@ impl Manager {
         else {
             return false;
         };
-        if roll.completed.is_some() || !self.roll_pending(roll.generation).is_empty() {
+        if !self.roll_ready() {
             return false;
         }
         roll.completed = Some(self.now.to_string());

@@ -44,6 +44,9 @@ pub struct CallbackRun {
 /// The simulated charm's behaviour: how many times each op has run so far.
 pub type RunCounts = BTreeMap<u64, u32>;
 
+/// When each op last released (micros), for the simulated health check.
+pub type Released = BTreeMap<u64, i64>;
+
 /// A unit's state inside one hook.
 #[derive(Default)]
 pub struct HookState {
@@ -57,8 +60,10 @@ pub struct HookState {
     pub(crate) unit_writes: Vec<(String, String)>,
     pub(crate) app_writes: Vec<(String, String)>,
     pub(crate) dispatches: Vec<String>,
+    pub(crate) delayed: Vec<(String, u32)>,
     pub(crate) runs: Vec<CallbackRun>,
     pub(crate) run_counts: RunCounts,
+    pub(crate) released: Released,
     pub(crate) logs: Vec<(LogLevel, String)>,
     pub(crate) fail_relation_set: bool,
     /// What the hook did, in order, for the timeline.
@@ -201,11 +206,60 @@ impl HookState {
         self.start_micros + (self.elapsed * 1_000_000.0).round() as i64
     }
 
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), Error> {
+        self.delayed.push((event.to_string(), delay_ms));
+        self.story.push(format!(
+            "dispatches {event} in {:.1}s",
+            f64::from(delay_ms) / 1e3
+        ));
+        Ok(())
+    }
+
+    /// `healthy`: ready once `ready_after` seconds have passed since the op (its `op`
+    /// token) last released; a negative `ready_after` never gets ready.
+    fn health_check(&mut self, id: &str, kwargs: &Value) -> CallbackOutcome {
+        let op = kwargs.get("op").and_then(Value::as_u64);
+        let ready_after = kwargs
+            .get("ready_after")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let now = self.now_micros();
+        let released = op.and_then(|o| self.released.get(&o).copied());
+        let ready =
+            ready_after >= 0.0 && released.is_some_and(|at| (now - at) as f64 / 1e6 >= ready_after);
+        let outcome = if ready { "true" } else { "false" };
+        self.runs.push(CallbackRun {
+            id: id.to_string(),
+            op: None,
+            start_offset: self.elapsed,
+            duration: 0.0,
+            outcome: format!("health {outcome}"),
+        });
+        self.story
+            .push(format!("checks {id} #{} → {outcome}", op.unwrap_or(0)));
+        CallbackOutcome::Returned(Some(outcome.into()))
+    }
+
     /// The simulated charm. kwargs: `delay` (seconds), `op` (token), and how its runs go:
     /// the first `raise` runs raise, the next `hold` runs return retry-hold, the next
-    /// `retry` runs return retry-release, then it releases.
+    /// `retry` runs return retry-release, then it releases. `healthy` is the health check;
+    /// any other id but `restart` just records that it was called.
     fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
         let kwargs: Value = serde_json::from_str(kwargs_json).unwrap_or(Value::Null);
+        if id == "healthy" {
+            return self.health_check(id, &kwargs);
+        }
+        if id != "restart" {
+            self.runs.push(CallbackRun {
+                id: id.to_string(),
+                op: None,
+                start_offset: self.elapsed,
+                duration: 0.0,
+                outcome: "notified".into(),
+            });
+            self.story.push(format!("calls {id} with {kwargs}"));
+            return CallbackOutcome::Returned(None);
+        }
         let number = |key: &str| kwargs.get(key).and_then(Value::as_f64).unwrap_or(0.0);
         let op = kwargs.get("op").and_then(Value::as_u64);
         let run = op
@@ -240,6 +294,12 @@ impl HookState {
             outcome: outcome.to_string(),
         });
         self.elapsed += duration;
+        if outcome == "release"
+            && let Some(op) = op
+        {
+            let now = self.now_micros();
+            self.released.insert(op, now);
+        }
         self.story.push(format!(
             "runs {id} #{} ({duration:.1}s) → {outcome}",
             op.unwrap_or(0)
@@ -289,6 +349,9 @@ impl Host for SimHost {
     }
     fn dispatch(&mut self, event: &str) -> Result<(), Error> {
         self.state().dispatch(event)
+    }
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), Error> {
+        self.state().dispatch_after(event, delay_ms)
     }
     fn now_micros(&mut self) -> i64 {
         self.state().now_micros()

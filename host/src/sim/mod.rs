@@ -46,6 +46,9 @@ pub struct RequestSpec {
     pub retry: u32,
     /// `max_retry`.
     pub max_retry: Option<i64>,
+    /// Health gate: the `healthy` check passes this many seconds after the op released
+    /// (negative: never), and the gate gives up after the given seconds.
+    pub health: Option<(f64, u32)>,
 }
 
 impl RequestSpec {
@@ -60,8 +63,42 @@ impl RequestSpec {
             hold: 0,
             retry: 0,
             max_retry: None,
+            health: None,
         }
     }
+}
+
+/// What an operator (an action on a unit) asks the library.
+#[derive(Clone, Debug)]
+pub enum OperatorAction {
+    /// `set-policy`.
+    SetPolicy(crate::Policy),
+    /// `set-rank` on the unit.
+    SetRank(i64),
+    /// `start-roll` of `restart` taking `delay` seconds, gated by `healthy` passing
+    /// `ready_after` seconds after each unit's restart (`None`: ungated), calling
+    /// `roll-done` at the end.
+    StartRoll {
+        /// Restart duration.
+        delay: f64,
+        /// Health gate.
+        health: Option<(f64, u32)>,
+    },
+    /// `control`.
+    Control(crate::Control),
+    /// Not an action: Juju moves leadership to the step's unit.
+    Elect,
+}
+
+/// An operator action at a time on a unit (`None`: whoever leads then).
+#[derive(Clone, Debug)]
+pub struct OperatorStep {
+    /// Virtual seconds.
+    pub at: f64,
+    /// Unit index, or the leader.
+    pub unit: Option<usize>,
+    /// What.
+    pub action: OperatorAction,
 }
 
 /// Faults to inject, at random times within the first `window` seconds.
@@ -102,6 +139,10 @@ pub struct Scenario {
     pub horizon: f64,
     /// Keep a timeline of every hook.
     pub record_timeline: bool,
+    /// Operator actions.
+    pub operator: Vec<OperatorStep>,
+    /// How many units may run callbacks at once (the policy's `max_concurrent`).
+    pub max_holders: usize,
 }
 
 impl Scenario {
@@ -120,6 +161,8 @@ impl Scenario {
             update_status_interval: 300.0,
             horizon: 86_400.0,
             record_timeline: true,
+            operator: Vec::new(),
+            max_holders: 1,
         }
     }
 
@@ -179,6 +222,8 @@ impl Scenario {
             update_status_interval: 300.0,
             horizon: 3.0 * 86_400.0,
             record_timeline: false,
+            operator: Vec::new(),
+            max_holders: 1,
         }
     }
 }
@@ -198,6 +243,10 @@ pub enum HookKind {
     UpdateStatus,
     /// `rollingops_lock_granted` (dispatched).
     LockGranted,
+    /// `rollingops_lock_granted` dispatched after a delay (never coalesced).
+    Wakeup,
+    /// An operator action.
+    Operator(usize),
 }
 
 impl HookKind {
@@ -210,6 +259,8 @@ impl HookKind {
             HookKind::LeaderElected => "leader-elected".into(),
             HookKind::UpdateStatus => "update-status".into(),
             HookKind::LockGranted => "rollingops_lock_granted".into(),
+            HookKind::Wakeup => "rollingops_lock_granted (delayed)".into(),
+            HookKind::Operator(i) => format!("action #{i}"),
         }
     }
 }
@@ -306,6 +357,7 @@ enum Wake {
     LeaderChange,
     Departure,
     UpdateStatus(String),
+    Operator(usize),
 }
 
 struct InFlight {
@@ -326,6 +378,7 @@ pub struct Simulation<'r> {
     queues: BTreeMap<String, VecDeque<Pending>>,
     busy: BTreeMap<String, InFlight>,
     run_counts: RunCounts,
+    released: host::Released,
     events: BinaryHeap<Reverse<(Time, u64, Wake)>>,
     event_seq: u64,
     now: f64,
@@ -347,7 +400,7 @@ impl<'r> Simulation<'r> {
             etcd_relation_name: None,
             cluster_id: None,
             base_dir: "/var/lib/rollingops".into(),
-            callback_ids: vec!["restart".into()],
+            callback_ids: vec!["restart".into(), "healthy".into(), "roll-done".into()],
             sync_lock_ids: vec![],
         };
         let scratch = std::env::temp_dir().join("rollingops-sim-sandbox");
@@ -361,6 +414,7 @@ impl<'r> Simulation<'r> {
             queues: names.iter().map(|n| (n.clone(), VecDeque::new())).collect(),
             busy: BTreeMap::new(),
             run_counts: RunCounts::new(),
+            released: host::Released::new(),
             events: BinaryHeap::new(),
             event_seq: 0,
             now: 0.0,
@@ -380,6 +434,15 @@ impl<'r> Simulation<'r> {
                     None,
                 );
             }
+        }
+        // Units joined the peer relation before anything else: Juju ran relation-changed
+        // on each, which is where a unit first advertises what it supports.
+        for name in &names {
+            let at = sim.rng.random_range(0.0..0.2);
+            sim.enqueue(name, HookKind::RelationChanged, at, None);
+        }
+        for (index, step) in sim.scenario.operator.clone().iter().enumerate() {
+            sim.wake(step.at, Wake::Operator(index));
         }
         let window = sim.scenario.chaos.window.max(1.0);
         for _ in 0..sim.scenario.chaos.leader_changes {
@@ -459,6 +522,21 @@ impl<'r> Simulation<'r> {
                     self.try_start(&unit);
                 }
                 Wake::LeaderChange => self.change_leader(None),
+                Wake::Operator(index) => {
+                    let step = self.scenario.operator[index].clone();
+                    let unit = step.unit.map_or_else(
+                        || self.leader.clone(),
+                        |u| format!("{}/{u}", self.scenario.app),
+                    );
+                    if matches!(step.action, OperatorAction::Elect) {
+                        if self.alive.contains(&unit) && self.leader != unit {
+                            self.change_leader(Some(unit));
+                        }
+                    } else {
+                        self.enqueue(&unit, HookKind::Operator(index), at, None);
+                        self.try_start(&unit);
+                    }
+                }
                 Wake::Departure => self.depart_random(),
                 Wake::UpdateStatus(unit) => {
                     if self.alive.contains(&unit) && self.work_remains() {
@@ -527,6 +605,7 @@ impl<'r> Simulation<'r> {
             start_micros: EPOCH_MICROS + (self.now * 1_000_000.0).round() as i64,
             elapsed: cost / 2.0,
             run_counts: std::mem::take(&mut self.run_counts),
+            released: std::mem::take(&mut self.released),
             fail_relation_set,
             ..HookState::default()
         };
@@ -535,6 +614,7 @@ impl<'r> Simulation<'r> {
         let result = self.run_component(shared.clone(), &pending.kind);
         let mut host = std::mem::take(&mut *shared.state());
         self.run_counts = std::mem::take(&mut host.run_counts);
+        self.released = std::mem::take(&mut host.released);
         let mut end = self.now + host.elapsed + cost / 2.0;
         let mut fate = match result {
             Ok(()) => Fate::Committed,
@@ -603,11 +683,47 @@ impl<'r> Simulation<'r> {
         let result = match kind {
             HookKind::Action(index) => {
                 let spec = &self.scenario.requests[*index];
-                let kwargs = serde_json::json!({
+                let mut kwargs = serde_json::json!({
                     "delay": spec.delay, "op": *index, "raise": spec.raise, "hold": spec.hold, "retry": spec.retry,
                 });
-                session.request_async_lock(&spec.callback, &kwargs.to_string(), spec.max_retry)
+                match spec.health {
+                    None => session.request_async_lock(
+                        &spec.callback,
+                        &kwargs.to_string(),
+                        spec.max_retry,
+                    ),
+                    Some((ready_after, timeout)) => {
+                        kwargs["ready_after"] = serde_json::json!(ready_after);
+                        let options = crate::RequestOptions {
+                            max_retry: spec.max_retry,
+                            health_check: Some("healthy".into()),
+                            health_timeout_seconds: Some(timeout),
+                            generation_kwarg: None,
+                        };
+                        session.request_lock(&spec.callback, &kwargs.to_string(), &options)
+                    }
+                }
             }
+            HookKind::Operator(index) => {
+                let step = self.scenario.operator[*index].clone();
+                // An action's refusal is reported to the operator; a failure of Juju itself
+                // (a hook tool) is retried, as an operator would re-run the action.
+                match run_operator(&mut session, &step.action) {
+                    Err(crate::runtime::Error::Library(
+                        crate::bindings::juju::rollingops::types::Error::Host(why),
+                    )) => Err(crate::runtime::Error::Library(
+                        crate::bindings::juju::rollingops::types::Error::Host(why),
+                    )),
+                    Err(e) => {
+                        session
+                            .host()
+                            .log(LogLevel::Warning, &format!("action failed: {e}"));
+                        Ok(())
+                    }
+                    Ok(()) => Ok(()),
+                }
+            }
+            HookKind::Wakeup => session.handle_event(&Event::LockGranted),
             HookKind::RelationChanged => session.handle_event(&Event::PeerRelationChanged),
             HookKind::RelationDeparted(unit) => {
                 session.handle_event(&Event::PeerRelationDeparted(unit.clone()))
@@ -681,6 +797,10 @@ impl<'r> Simulation<'r> {
             let at = self.now + 0.05;
             self.enqueue(unit, HookKind::LockGranted, at, Some(id));
         }
+        for (_, delay_ms) in &host.delayed {
+            let at = self.now + f64::from(*delay_ms) / 1e3;
+            self.enqueue(unit, HookKind::Wakeup, at, Some(id));
+        }
     }
 
     fn change_leader(&mut self, forced: Option<String>) {
@@ -734,6 +854,33 @@ impl<'r> Simulation<'r> {
         }
     }
 }
+
+fn run_operator(session: &mut Session, action: &OperatorAction) -> Result<(), crate::Error> {
+    match action {
+        OperatorAction::SetPolicy(policy) => session.set_policy(policy),
+        OperatorAction::SetRank(rank) => session.set_rank(*rank),
+        OperatorAction::StartRoll { delay, health } => {
+            let kwargs = serde_json::json!({
+                "delay": delay,
+                "op": ROLL_OP_TOKEN,
+                "ready_after": health.map_or(0.0, |h| h.0),
+            });
+            let request = crate::RollRequest {
+                callback_id: "restart".into(),
+                kwargs_json: kwargs.to_string(),
+                health_check: health.map(|_| "healthy".into()),
+                health_timeout_seconds: health.map(|h| h.1),
+                on_complete: Some("roll-done".into()),
+            };
+            session.start_roll(&request).map(drop)
+        }
+        OperatorAction::Control(control) => session.control(control).map(drop),
+        OperatorAction::Elect => Ok(()),
+    }
+}
+
+/// The `op` token of application-wide roll operations (every unit runs it once).
+pub const ROLL_OP_TOKEN: u64 = 1_000_000;
 
 /// Run one scenario.
 pub fn simulate(runtime: &Runtime, scenario: Scenario) -> Outcome {
