@@ -20,8 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::wire::Bag;
 
@@ -116,8 +115,7 @@ pub fn decode_rank(bag: &Bag) -> i64 {
 }
 
 /// How the leader orders waiting units.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ordering {
     /// Oldest request first (the reference's order).
     #[default]
@@ -127,8 +125,7 @@ pub enum Ordering {
 }
 
 /// The leader's scheduling policy (app bag `rollingops-policy`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// How many units may hold the lock at once.
     pub max_concurrent: u32,
@@ -152,7 +149,7 @@ impl Default for Policy {
 }
 
 /// Why grants are paused (app bag `rollingops-paused`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pause {
     /// When (leader clock, seconds as text).
     pub since: String,
@@ -161,20 +158,15 @@ pub struct Pause {
 }
 
 /// Options of one queued operation, kept outside the reference's operation JSON.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpOptions {
     /// Callback that must report ready before the lock moves on.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<String>,
     /// Seconds to wait for the check before giving up.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<u32>,
     /// Name of the keyword argument that receives the grant generation.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub generation_kwarg: Option<String>,
     /// The application-wide roll this operation belongs to.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub roll: Option<u64>,
 }
 
@@ -190,22 +182,28 @@ pub type OpOptionsMap = BTreeMap<String, OpOptions>;
 
 /// Decode the options map (unreadable counts as empty: the ops still run, ungated).
 pub fn decode_op_options(bag: &Bag) -> OpOptionsMap {
-    bag.get(OP_OPTIONS)
-        .and_then(|text| serde_json::from_str(text).ok())
-        .unwrap_or_default()
+    let Some(Value::Object(map)) = parse(bag.get(OP_OPTIONS)) else {
+        return OpOptionsMap::new();
+    };
+    map.iter()
+        .filter_map(|(id, v)| Some((id.clone(), OpOptions::from_value(v)?)))
+        .collect()
 }
 
 /// Encode the options map; empty deletes the key.
 pub fn encode_op_options(map: &OpOptionsMap) -> String {
     if map.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(map).expect("plain data")
+        return String::new();
     }
+    let object: Map<String, Value> = map
+        .iter()
+        .map(|(id, options)| (id.clone(), options.to_value()))
+        .collect();
+    Value::Object(object).to_string()
 }
 
 /// A health gate (unit bag `rollingops-health`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthGate {
     /// Identity of the grant the gated operation ran under.
     pub grant: String,
@@ -222,18 +220,16 @@ pub struct HealthGate {
     /// When the next check is due (microseconds).
     pub next_check: i64,
     /// Set when the gate timed out: the lock was handed on without the check passing.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failed: bool,
 }
 
 /// Decode the health gate record.
 pub fn decode_health(bag: &Bag) -> Option<HealthGate> {
-    bag.get(HEALTH)
-        .and_then(|text| serde_json::from_str(text).ok())
+    HealthGate::from_value(&parse(bag.get(HEALTH))?)
 }
 
 /// An application-wide roll (app bag `rollingops-roll`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Roll {
     /// Roll generation (1, 2, …).
     pub generation: u64,
@@ -242,30 +238,24 @@ pub struct Roll {
     /// Its keyword arguments.
     pub kwargs: Map<String, Value>,
     /// Health check gating each unit's hand-off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<String>,
     /// Seconds to wait for the check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<u32>,
     /// Callback the leader runs once every unit has finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_complete: Option<String>,
     /// When the roll started (leader clock, seconds as text).
     pub started: String,
     /// When it completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<String>,
 }
 
 /// Decode the roll record.
 pub fn decode_roll(app: &Bag) -> Option<Roll> {
-    app.get(ROLL)
-        .and_then(|text| serde_json::from_str(text).ok())
+    Roll::from_value(&parse(app.get(ROLL))?)
 }
 
 /// A unit's progress through rolls (unit bag `rollingops-roll-state`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RollState {
     /// Highest roll generation this unit has queued.
     pub seen: u64,
@@ -275,27 +265,197 @@ pub struct RollState {
 
 /// Decode a unit's roll progress.
 pub fn decode_roll_state(bag: &Bag) -> RollState {
-    bag.get(ROLL_STATE)
-        .and_then(|text| serde_json::from_str(text).ok())
+    parse(bag.get(ROLL_STATE))
+        .and_then(|v| RollState::from_value(&v))
         .unwrap_or_default()
 }
 
 /// Decode the policy (unreadable or absent: the default).
 pub fn decode_policy(app: &Bag) -> Policy {
-    app.get(POLICY)
-        .and_then(|text| serde_json::from_str(text).ok())
+    parse(app.get(POLICY))
+        .and_then(|v| Policy::from_value(&v))
         .unwrap_or_default()
 }
 
 /// Decode the pause record.
 pub fn decode_pause(app: &Bag) -> Option<Pause> {
-    app.get(PAUSED)
-        .and_then(|text| serde_json::from_str(text).ok())
+    Pause::from_value(&parse(app.get(PAUSED))?)
 }
 
 /// Encode any record as compact JSON.
-pub fn encode<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("plain data")
+pub fn encode<T: Record>(value: &T) -> String {
+    value.to_value().to_string()
+}
+
+fn parse(text: Option<&String>) -> Option<Value> {
+    serde_json::from_str(text?).ok()
+}
+
+/// A databag record, converted to and from JSON by hand: serde's derives would add about
+/// a third to the component's size.
+pub trait Record: Sized {
+    /// The JSON form.
+    fn to_value(&self) -> Value;
+    /// Read the JSON form; `None` when a required field is missing or mistyped.
+    fn from_value(value: &Value) -> Option<Self>;
+}
+
+fn text(value: &Value, key: &str) -> Option<String> {
+    value.get(key)?.as_str().map(str::to_string)
+}
+
+fn int(value: &Value, key: &str) -> Option<i64> {
+    value.get(key)?.as_i64()
+}
+
+fn uint(value: &Value, key: &str) -> Option<u64> {
+    value.get(key)?.as_u64()
+}
+
+fn small(value: &Value, key: &str) -> Option<u32> {
+    uint(value, key).and_then(|n| u32::try_from(n).ok())
+}
+
+fn put<T: Into<Value>>(map: &mut Map<String, Value>, key: &str, value: Option<T>) {
+    if let Some(value) = value {
+        map.insert(key.into(), value.into());
+    }
+}
+
+impl Record for Policy {
+    fn to_value(&self) -> Value {
+        let ordering = match self.ordering {
+            Ordering::Fifo => "fifo",
+            Ordering::Rank => "rank",
+        };
+        json!({
+            "max_concurrent": self.max_concurrent,
+            "grant_timeout": self.grant_timeout,
+            "ordering": ordering,
+            "halt_on_health_failure": self.halt_on_health_failure,
+        })
+    }
+    fn from_value(value: &Value) -> Option<Self> {
+        value.as_object()?;
+        let default = Policy::default();
+        Some(Policy {
+            max_concurrent: small(value, "max_concurrent").unwrap_or(default.max_concurrent),
+            grant_timeout: small(value, "grant_timeout"),
+            ordering: match value.get("ordering").and_then(Value::as_str) {
+                Some("rank") => Ordering::Rank,
+                _ => Ordering::Fifo,
+            },
+            halt_on_health_failure: value
+                .get("halt_on_health_failure")
+                .and_then(Value::as_bool)
+                .unwrap_or(default.halt_on_health_failure),
+        })
+    }
+}
+
+impl Record for Pause {
+    fn to_value(&self) -> Value {
+        json!({"since": self.since, "reason": self.reason})
+    }
+    fn from_value(value: &Value) -> Option<Self> {
+        Some(Pause {
+            since: text(value, "since")?,
+            reason: text(value, "reason").unwrap_or_default(),
+        })
+    }
+}
+
+impl Record for OpOptions {
+    fn to_value(&self) -> Value {
+        let mut map = Map::new();
+        put(&mut map, "health_check", self.health_check.clone());
+        put(&mut map, "health_timeout", self.health_timeout);
+        put(&mut map, "generation_kwarg", self.generation_kwarg.clone());
+        put(&mut map, "roll", self.roll);
+        Value::Object(map)
+    }
+    fn from_value(value: &Value) -> Option<Self> {
+        value.as_object()?;
+        Some(OpOptions {
+            health_check: text(value, "health_check"),
+            health_timeout: small(value, "health_timeout"),
+            generation_kwarg: text(value, "generation_kwarg"),
+            roll: uint(value, "roll"),
+        })
+    }
+}
+
+impl Record for HealthGate {
+    fn to_value(&self) -> Value {
+        let mut value = json!({
+            "grant": self.grant,
+            "op": self.op,
+            "check": self.check,
+            "started": self.started,
+            "deadline": self.deadline,
+            "attempts": self.attempts,
+            "next_check": self.next_check,
+        });
+        if self.failed {
+            value["failed"] = json!(true);
+        }
+        value
+    }
+    fn from_value(value: &Value) -> Option<Self> {
+        Some(HealthGate {
+            grant: text(value, "grant")?,
+            op: text(value, "op")?,
+            check: text(value, "check")?,
+            started: int(value, "started")?,
+            deadline: int(value, "deadline")?,
+            attempts: small(value, "attempts").unwrap_or(0),
+            next_check: int(value, "next_check").unwrap_or(0),
+            failed: value
+                .get("failed")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+}
+
+impl Record for Roll {
+    fn to_value(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("generation".into(), self.generation.into());
+        map.insert("callback_id".into(), self.callback_id.clone().into());
+        map.insert("kwargs".into(), Value::Object(self.kwargs.clone()));
+        put(&mut map, "health_check", self.health_check.clone());
+        put(&mut map, "health_timeout", self.health_timeout);
+        put(&mut map, "on_complete", self.on_complete.clone());
+        map.insert("started".into(), self.started.clone().into());
+        put(&mut map, "completed", self.completed.clone());
+        Value::Object(map)
+    }
+    fn from_value(value: &Value) -> Option<Self> {
+        Some(Roll {
+            generation: uint(value, "generation")?,
+            callback_id: text(value, "callback_id")?,
+            kwargs: value.get("kwargs")?.as_object()?.clone(),
+            health_check: text(value, "health_check"),
+            health_timeout: small(value, "health_timeout"),
+            on_complete: text(value, "on_complete"),
+            started: text(value, "started").unwrap_or_default(),
+            completed: text(value, "completed"),
+        })
+    }
+}
+
+impl Record for RollState {
+    fn to_value(&self) -> Value {
+        json!({"seen": self.seen, "done": self.done})
+    }
+    fn from_value(value: &Value) -> Option<Self> {
+        value.as_object()?;
+        Some(RollState {
+            seen: uint(value, "seen").unwrap_or(0),
+            done: uint(value, "done").unwrap_or(0),
+        })
+    }
 }
 
 #[cfg(test)]

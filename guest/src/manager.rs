@@ -746,8 +746,8 @@ impl Manager {
                 "held_for_seconds": g.at.map(|at| self.now.seconds_since(at)),
             })).collect::<Vec<_>>(),
             "engaged_features": self.engaged_features().iter().map(|f| f.as_str()).collect::<Vec<_>>(),
-            "policy": crate::features::decode_policy(&peer.app),
-            "paused": crate::features::decode_pause(&peer.app),
+            "policy": crate::features::Record::to_value(&crate::features::decode_policy(&peer.app)),
+            "paused": crate::features::decode_pause(&peer.app).map(|p| crate::features::Record::to_value(&p)),
             "roll": crate::features::decode_roll(&peer.app).map(|r| json!({
                 "generation": r.generation,
                 "callback_id": r.callback_id,

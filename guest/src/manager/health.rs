@@ -132,12 +132,14 @@ impl Manager {
             );
         }
         gate.attempts += 1;
-        let waited = (now - gate.started) as f64 / 1e6;
+        // Whole tenths of a second, without pulling float formatting into the component.
+        let tenths = (now - gate.started).max(0) / 100_000;
+        let waited = format!("{}.{}", tenths / 10, tenths % 10);
         if passed {
             self.log(
                 LogLevel::Info,
                 format!(
-                    "Health check {:?} passed after {} check(s), {waited:.1} s; handing the lock on.",
+                    "Health check {:?} passed after {} check(s), {waited} s; handing the lock on.",
                     gate.check, gate.attempts
                 ),
             );
