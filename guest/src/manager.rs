@@ -276,6 +276,9 @@ pub struct Manager {
     awaiting_health: Option<(Grant, crate::features::HealthGate)>,
     /// The leader runs a finished roll's completion callback.
     awaiting_roll_notice: bool,
+    /// Units whose grant was reclaimed in this hook (forced or timed out): not granted
+    /// again in this hook, so the lock really moves on.
+    reclaimed: Vec<String>,
     etcd: Option<EtcdContext>,
     etcd_relation: Option<EtcdRelation>,
     relation_flow: etcd_relation::RelationFlow,
@@ -339,6 +342,7 @@ impl Manager {
             awaiting_etcd: None,
             awaiting_health: None,
             awaiting_roll_notice: false,
+            reclaimed: Vec::new(),
             etcd: context.etcd,
             etcd_relation: context.etcd_relation,
             relation_flow: Default::default(),
@@ -840,9 +844,7 @@ impl Manager {
         let mut seq = lock.last_seq;
         let mut holders = Vec::new();
         let mut changed = false;
-        // A holder whose grant was reclaimed may still be running: not granted again in
-        // this pass, so the lock really moves on.
-        let mut reclaimed: Vec<String> = Vec::new();
+        let mut reclaimed = self.reclaimed.clone();
         for grant in lock.holders() {
             let holder = self.holder_record(&grant, &local);
             let reason = release_reason(holder.as_ref(), &grant).or_else(|| {
@@ -944,6 +946,7 @@ impl Manager {
                 self.dispatch_after(timeout.saturating_mul(1000));
             }
         }
+        self.reclaimed = reclaimed;
         if changed {
             self.set_app(LockState::pairs(&holders, seq));
         }

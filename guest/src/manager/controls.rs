@@ -402,6 +402,8 @@ impl Manager {
                 ),
             );
         }
+        self.reclaimed
+            .extend(released.iter().map(|g| g.unit.clone()));
         if !released.is_empty() {
             self.set_app(LockState::pairs(&kept, lock.last_seq));
         }

@@ -139,12 +139,17 @@ pub struct Model {
     pub sync_calls: Vec<SyncCall>,
     /// Every dispatch: `(unit, event)`.
     pub dispatched: Vec<(String, String)>,
+    /// Every delayed dispatch: `(unit, delay_ms)`; delivered by [`Model::deliver_delayed`].
+    pub delayed: Vec<(String, u32)>,
     /// Every log line: `(unit, level, message)`.
     pub logs: Vec<(String, LogLevel, String)>,
     /// Every hook run.
     pub hooks: Vec<HookRecord>,
     /// Hooks Juju would run next.
     pub pending: VecDeque<(String, Event)>,
+    /// Units whose hooks [`Model::settle`] drops (they stand for reference-library units,
+    /// whose bags a test writes by hand).
+    pub foreign: BTreeSet<String>,
 }
 
 impl Model {
@@ -172,9 +177,11 @@ impl Model {
             calls: Vec::new(),
             sync_calls: Vec::new(),
             dispatched: Vec::new(),
+            delayed: Vec::new(),
             logs: Vec::new(),
             hooks: Vec::new(),
             pending: VecDeque::new(),
+            foreign: BTreeSet::new(),
         }
     }
 
@@ -273,12 +280,31 @@ impl Model {
         })
     }
 
+    /// Advance the clock past the earliest delayed dispatch and run it; returns the unit.
+    pub fn deliver_delayed(&mut self) -> Option<String> {
+        if self.delayed.is_empty() {
+            return None;
+        }
+        let (index, _) = self
+            .delayed
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, ms))| *ms)?;
+        let (unit, ms) = self.delayed.remove(index);
+        self.clock += i64::from(ms) * 1_000;
+        for other in &mut self.delayed {
+            other.1 = other.1.saturating_sub(ms);
+        }
+        self.hook(&unit, Event::LockGranted).expect("delayed hook");
+        Some(unit)
+    }
+
     /// Run queued hooks until none are left; returns how many ran. Panics on a failed
     /// hook or if the model does not settle.
     pub fn settle(&mut self) -> usize {
         let mut count = 0;
         while let Some((unit, event)) = self.pending.pop_front() {
-            if !self.bags.contains_key(&unit) {
+            if !self.bags.contains_key(&unit) || self.foreign.contains(&unit) {
                 continue;
             }
             if let Err(e) = self.hook(&unit, event.clone()) {
@@ -525,6 +551,12 @@ impl Effects for UnitFx<'_> {
             .push((self.unit.clone(), event.to_string()));
         let unit = self.unit.clone();
         self.model.queue_hook(&unit, Event::LockGranted);
+        Ok(())
+    }
+
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), Error> {
+        assert_eq!(event, LOCK_GRANTED, "the only hook the core dispatches");
+        self.model.delayed.push((self.unit.clone(), delay_ms));
         Ok(())
     }
 
