@@ -17,7 +17,7 @@ use crate::fake_juju::{Measures, Model, Options, binaries, measure, now_micros};
 /// keeps their timings meaningful.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -10,6 +10,7 @@
 mod boundary;
 mod bridge;
 mod e2e;
+mod e2e_features;
 mod e2e_go;
 mod etcd;
 mod fake_juju;

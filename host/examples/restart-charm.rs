@@ -24,7 +24,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rollingops::charm::{
-    CallbackResult, DEFAULT_BASE_DIR, HookEnv, OperationResult, RollingOpsManager,
+    CallbackResult, DEFAULT_BASE_DIR, HookEnv, LockOptions, OperationResult, RollOptions,
+    RollingOpsManager,
 };
 use rollingops::juju;
 use serde_json::{Map, Value};
@@ -48,10 +49,21 @@ fn run(started: Instant) -> Result<(), Box<dyn std::error::Error>> {
     let base_dir = std::env::var("RESTART_CHARM_BASE_DIR").unwrap_or(DEFAULT_BASE_DIR.into());
     let unit = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
     let callback_base = PathBuf::from(&base_dir);
+    let (check_unit, check_base) = (unit.clone(), callback_base.clone());
+    let done_base = callback_base.clone();
     let mut manager = RollingOpsManager::builder("restart")
         .base_dir(&base_dir)
         .callback("restart", move |kwargs| {
             restart(&unit, &callback_base, kwargs)
+        })
+        .health_check("healthy", move |kwargs| {
+            healthy(&check_unit, &check_base, kwargs)
+        })
+        .callback("roll-done", move |kwargs| {
+            let log = service_log(&done_base)?;
+            let generation = kwargs.get("generation").cloned().unwrap_or_default();
+            append(&log, &format!("{} roll-complete {generation}", micros()))?;
+            Ok(OperationResult::Release)
         })
         .build()?;
     let built = started.elapsed();
@@ -63,11 +75,34 @@ fn run(started: Instant) -> Result<(), Box<dyn std::error::Error>> {
                 Value::Object(params) => params,
                 _ => Map::new(),
             };
-            manager.request_async_lock("restart", Value::Object(kwargs), None)?;
+            // `ready_after` (seconds) gates the hand-off on the `healthy` check.
+            if kwargs.contains_key("ready_after") {
+                let options = LockOptions {
+                    health_check: Some("healthy".into()),
+                    health_timeout: Some(Duration::from_secs(60)),
+                    ..Default::default()
+                };
+                manager.request_lock("restart", Value::Object(kwargs), &options)?;
+            } else {
+                manager.request_async_lock("restart", Value::Object(kwargs), None)?;
+            }
             println!(
                 "restart queued: {}",
                 serde_json::to_string(&manager.state()?.status_name())?
             );
+        }
+        Some("roll") => {
+            let kwargs = match juju::action_get()? {
+                Value::Object(params) => params,
+                _ => Map::new(),
+            };
+            let options = RollOptions {
+                health_check: Some("healthy".into()),
+                health_timeout: Some(Duration::from_secs(60)),
+                on_complete: Some("roll-done".into()),
+            };
+            let generation = manager.start_roll("restart", Value::Object(kwargs), &options)?;
+            println!("roll {generation} started");
         }
         Some(other) => return Err(format!("unknown action {other:?}").into()),
         None => {
@@ -120,14 +155,41 @@ fn append(path: &Path, line: &str) -> std::io::Result<()> {
     file.write_all(format!("{line}\n").as_bytes())
 }
 
-/// The fake service's restart.
-fn restart(unit: &str, base_dir: &Path, kwargs: &Map<String, Value>) -> CallbackResult {
+fn service_log(base_dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
     let config = juju::config_get(None)?;
-    let log = config
+    Ok(config
         .get("service-log")
         .and_then(Value::as_str)
         .map(PathBuf::from)
-        .unwrap_or_else(|| base_dir.join("service.log"));
+        .unwrap_or_else(|| base_dir.join("service.log")))
+}
+
+/// The fake service is healthy `ready_after` seconds (kwarg) after its last restart
+/// stopped; each check is logged so tests can see when the lock moved on.
+fn healthy(unit: &str, base_dir: &Path, kwargs: &Map<String, Value>) -> bool {
+    let Ok(log) = service_log(base_dir) else {
+        return false;
+    };
+    let ready_after = kwargs
+        .get("ready_after")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let stopped = text.lines().rev().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let at: u128 = parts.next()?.parse().ok()?;
+        (parts.next()? == "stop" && parts.next()? == unit).then_some(at)
+    });
+    let ready = stopped.is_some_and(|at| micros().saturating_sub(at) as f64 / 1e6 >= ready_after);
+    let verdict = if ready { "healthy" } else { "unhealthy" };
+    let _ = append(&log, &format!("{} {verdict} {unit}", micros()));
+    ready
+}
+
+/// The fake service's restart.
+fn restart(unit: &str, base_dir: &Path, kwargs: &Map<String, Value>) -> CallbackResult {
+    let config = juju::config_get(None)?;
+    let log = service_log(base_dir)?;
     let delay = kwargs
         .get("delay")
         .and_then(Value::as_f64)

@@ -43,8 +43,9 @@ use crate::bindings::juju::rollingops::charm::SyncBackendError;
 use crate::bindings::juju::rollingops::types::{
     CallbackOutcome, Config, Error as WitError, LogLevel,
 };
+use crate::bindings::juju::rollingops::types::{Control, RequestOptions, RollRequest};
 pub use crate::bindings::juju::rollingops::types::{
-    Event, OperationResult, ProcessingBackend, State, Status,
+    Event, OperationResult, Policy, ProcessingBackend, State, Status,
 };
 use crate::cache::CacheOutcome;
 use crate::juju::{CharmCode, JujuEnv, JujuHost};
@@ -62,6 +63,9 @@ pub type CallbackError = Box<dyn std::error::Error + Send + Sync>;
 pub type CallbackResult = Result<OperationResult, CallbackError>;
 
 type Callback = Arc<dyn Fn(&Map<String, Value>) -> CallbackResult + Send + Sync>;
+
+/// A health check: whether the workload is ready, given the operation's kwargs.
+type Check = Arc<dyn Fn(&Map<String, Value>) -> bool + Send + Sync>;
 
 /// Errors of the charm API.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,7 @@ pub trait SyncLockBackend: Send {
 /// The charm's callbacks and sync-lock backends, as the component calls them.
 struct Registry {
     callbacks: BTreeMap<String, Callback>,
+    checks: BTreeMap<String, Check>,
     sync_locks: BTreeMap<String, Box<dyn SyncLockBackend>>,
 }
 
@@ -138,9 +143,6 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl CharmCode for Registry {
     fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
-        let Some(callback) = self.callbacks.get(id).cloned() else {
-            return CallbackOutcome::Missing;
-        };
         let kwargs = match serde_json::from_str::<Value>(kwargs_json) {
             Ok(Value::Object(map)) => map,
             Ok(_) | Err(_) => {
@@ -148,6 +150,18 @@ impl CharmCode for Registry {
                     "the kwargs of {id:?} are not a JSON object: {kwargs_json}"
                 ));
             }
+        };
+        if let Some(check) = self.checks.get(id).cloned() {
+            return match catch_unwind(AssertUnwindSafe(|| check(&kwargs))) {
+                Ok(ready) => CallbackOutcome::Returned(Some(ready.to_string())),
+                Err(payload) => CallbackOutcome::Raised(format!(
+                    "health check panicked: {}",
+                    panic_text(&*payload)
+                )),
+            };
+        }
+        let Some(callback) = self.callbacks.get(id).cloned() else {
+            return CallbackOutcome::Missing;
         };
         // A panicking callback must not unwind through the component; it counts as a
         // raised exception (retry-release), like any Python exception.
@@ -298,10 +312,24 @@ pub struct Builder {
     cluster_id: Option<String>,
     base_dir: PathBuf,
     callbacks: BTreeMap<String, Callback>,
+    checks: BTreeMap<String, Check>,
     sync_locks: BTreeMap<String, Box<dyn SyncLockBackend>>,
 }
 
 impl Builder {
+    /// Register a health check under `id`, for [`LockOptions::health_check`] and
+    /// [`RollOptions::health_check`]: it receives the operation's kwargs and says whether the
+    /// workload is ready; the lock moves on only once it returns `true`. A panic counts as
+    /// not ready.
+    pub fn health_check(
+        mut self,
+        id: impl Into<String>,
+        check: impl Fn(&Map<String, Value>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.checks.insert(id.into(), Arc::new(check));
+        self
+    }
+
     /// Register a callback (`callback_targets[id]`). It receives the operation's kwargs
     /// and returns what the lock does next; an `Err` or a panic counts as retry-release.
     pub fn callback(
@@ -344,7 +372,12 @@ impl Builder {
             etcd_relation_name: self.etcd_relation_name.clone(),
             cluster_id: self.cluster_id.clone(),
             base_dir: self.base_dir.to_string_lossy().into_owned(),
-            callback_ids: self.callbacks.keys().cloned().collect(),
+            callback_ids: self
+                .callbacks
+                .keys()
+                .chain(self.checks.keys())
+                .cloned()
+                .collect(),
             sync_lock_ids: self.sync_locks.keys().cloned().collect(),
         }
     }
@@ -374,6 +407,7 @@ impl Builder {
         let sandbox = Sandbox::new(env.charm_dir.clone(), self.base_dir.clone());
         let registry = Registry {
             callbacks: self.callbacks,
+            checks: self.checks,
             sync_locks: self.sync_locks,
         };
         let host = JujuHost::new(env, self.base_dir.clone(), Box::new(registry));
@@ -391,6 +425,35 @@ impl Builder {
             },
         })
     }
+}
+
+/// Options of [`RollingOpsManager::request_lock`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockOptions {
+    /// `None` retries forever, `Some(0)` runs once.
+    pub max_retry: Option<u64>,
+    /// A health check registered with [`Builder::health_check`].
+    pub health_check: Option<String>,
+    /// How long to wait for the check (default 300 s), rounded up to whole seconds.
+    pub health_timeout: Option<Duration>,
+    /// Keyword argument that receives the grant generation.
+    pub generation_kwarg: Option<String>,
+}
+
+/// Options of [`RollingOpsManager::start_roll`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollOptions {
+    /// A health check registered with [`Builder::health_check`].
+    pub health_check: Option<String>,
+    /// How long to wait for the check on each unit (default 300 s).
+    pub health_timeout: Option<Duration>,
+    /// A callback the leader runs once every unit has finished (kwargs `{"generation": N}`).
+    pub on_complete: Option<String>,
+}
+
+fn whole_seconds(duration: Duration) -> u32 {
+    let whole = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    u32::try_from(whole).unwrap_or(u32::MAX)
 }
 
 /// One hook's rolling-operations manager.
@@ -411,6 +474,7 @@ impl RollingOpsManager {
             cluster_id: None,
             base_dir: PathBuf::from(DEFAULT_BASE_DIR),
             callbacks: BTreeMap::new(),
+            checks: BTreeMap::new(),
             sync_locks: BTreeMap::new(),
         }
     }
@@ -427,6 +491,82 @@ impl RollingOpsManager {
         Ok(self
             .session
             .request_async_lock(callback_id, &kwargs.to_string(), max_retry)?)
+    }
+
+    /// Queue `callback_id` with options: a health check that must pass before the lock
+    /// moves on, and a keyword argument receiving the grant generation (for fencing).
+    pub fn request_lock(
+        &mut self,
+        callback_id: &str,
+        kwargs: Value,
+        options: &LockOptions,
+    ) -> Result<(), Error> {
+        let options = RequestOptions {
+            max_retry: options
+                .max_retry
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            health_check: options.health_check.clone(),
+            health_timeout_seconds: options.health_timeout.map(whole_seconds),
+            generation_kwarg: options.generation_kwarg.clone(),
+        };
+        Ok(self
+            .session
+            .request_lock(callback_id, &kwargs.to_string(), &options)?)
+    }
+
+    /// Leader only: the scheduling policy (each part in force once every unit supports it).
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
+        Ok(self.session.set_policy(policy)?)
+    }
+
+    /// This unit's rank: with rank ordering, lower ranks go first ("primary last": give
+    /// the primary a high rank).
+    pub fn set_rank(&mut self, rank: i64) -> Result<(), Error> {
+        Ok(self.session.set_rank(rank)?)
+    }
+
+    /// Leader only: stop granting the lock (holders finish). Returns whether it changed.
+    pub fn pause(&mut self, reason: &str) -> Result<bool, Error> {
+        Ok(self.session.control(&Control::Pause(reason.into()))? > 0)
+    }
+
+    /// Leader only: grant again. Returns whether it was paused.
+    pub fn resume(&mut self) -> Result<bool, Error> {
+        Ok(self.session.control(&Control::Resume)? > 0)
+    }
+
+    /// Drop this unit's queued operations that have not started (only `callback_id`'s,
+    /// when given); returns how many.
+    pub fn cancel(&mut self, callback_id: Option<&str>) -> Result<u32, Error> {
+        Ok(self
+            .session
+            .control(&Control::Cancel(callback_id.map(str::to_string)))?)
+    }
+
+    /// Leader only: end `unit`'s grant (every grant when `None`); returns how many. The
+    /// holder's generation becomes stale.
+    pub fn force_release(&mut self, unit: Option<&str>) -> Result<u32, Error> {
+        Ok(self
+            .session
+            .control(&Control::ForceRelease(unit.map(str::to_string)))?)
+    }
+
+    /// Leader only: roll the whole application — every unit runs `callback_id` once, one
+    /// at a time (or per the policy). Returns the roll's generation.
+    pub fn start_roll(
+        &mut self,
+        callback_id: &str,
+        kwargs: Value,
+        options: &RollOptions,
+    ) -> Result<u64, Error> {
+        let request = RollRequest {
+            callback_id: callback_id.to_string(),
+            kwargs_json: kwargs.to_string(),
+            health_check: options.health_check.clone(),
+            health_timeout_seconds: options.health_timeout.map(whole_seconds),
+            on_complete: options.on_complete.clone(),
+        };
+        Ok(self.session.start_roll(&request)?)
     }
 
     /// The library event the current hook is, if it is one.
@@ -478,10 +618,7 @@ impl RollingOpsManager {
         backend_id: &str,
         timeout: Option<Duration>,
     ) -> Result<SyncLock<'_>, Error> {
-        let seconds = timeout.map(|t| {
-            let whole = t.as_secs() + u64::from(t.subsec_nanos() > 0);
-            u32::try_from(whole).unwrap_or(u32::MAX)
-        });
+        let seconds = timeout.map(whole_seconds);
         self.session.acquire_sync_lock(backend_id, seconds)?;
         Ok(SyncLock {
             manager: self,
@@ -655,6 +792,7 @@ mod tests {
     fn callbacks_report_results_errors_and_panics() {
         let mut registry = Registry {
             callbacks: BTreeMap::new(),
+            checks: BTreeMap::new(),
             sync_locks: BTreeMap::new(),
         };
         registry.callbacks.insert(

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rollingops::commands::bench::BenchCommand;
 use rollingops::commands::bridge::BridgeCommand;
+use rollingops::commands::control::ControlCommand;
 use rollingops::commands::simulate::SimulateCommand;
 use rollingops::commands::status::StatusCommand;
 use rollingops::commands::worker::WorkerCommand;
@@ -25,6 +26,8 @@ enum Command {
     Bench(BenchCommand),
     /// Show who holds the lock and every unit's queue (inside a unit's hook context).
     Status(StatusCommand),
+    /// Pause, resume, force-release or cancel (inside a unit's hook context).
+    Control(ControlCommand),
     /// Run the worker loop (etcd mode), usually detached.
     Worker(WorkerCommand),
     /// Serve the component as line-delimited JSON on stdin/stdout (host/BRIDGE.md).
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Simulate(command) => command.execute(),
         Command::Bench(command) => command.execute(),
         Command::Status(command) => command.execute(),
+        Command::Control(command) => command.execute(),
         Command::Worker(command) => command.execute(),
         Command::Bridge(command) => command.execute(),
     };

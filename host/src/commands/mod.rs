@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bridge;
+pub mod control;
 pub mod simulate;
 pub mod status;
 pub mod worker;

@@ -128,9 +128,16 @@ pub fn document(described: &Value, peer_relation: &str) -> Value {
                     })
                     .collect()
             });
+            let holds = field(described, "holders")
+                .as_array()
+                .is_some_and(|hs| hs.iter().any(|h| field(h, "unit") == name));
             json!({
                 "name": name,
-                "holder": holder.is_some() && name.as_str() == holder,
+                "holder": holds || holder.is_some() && name.as_str() == holder,
+                "rank": field(unit, "rank"),
+                "features": field(unit, "features"),
+                "roll": field(unit, "roll"),
+                "health_gate": field(unit, "health_gate"),
                 "intent": field(unit, "intent"),
                 "backend": field(unit, "backend"),
                 "executed_at": field(unit, "executed_at"),
@@ -152,6 +159,11 @@ pub fn document(described: &Value, peer_relation: &str) -> Value {
             "held_for_seconds": field(lock, "held_for_seconds"),
             "generation": field(lock, "generation"),
         }) },
+        "holders": field(described, "holders").as_array().cloned().unwrap_or_default(),
+        "paused": field(described, "paused"),
+        "policy": field(described, "policy"),
+        "roll": field(described, "roll"),
+        "engaged_features": field(described, "engaged_features").as_array().cloned().unwrap_or_default(),
         "units": units,
         "unreadable_units": field(described, "remote_units_not_read").as_array().cloned().unwrap_or_default(),
     })
@@ -249,6 +261,47 @@ pub fn render(doc: &Value) -> String {
             let _ = writeln!(out, "Lock   free");
         }
     }
+    let holders = field(doc, "holders")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if holders.len() > 1 {
+        let names: Vec<String> = holders
+            .iter()
+            .map(|h| {
+                let held = field(h, "held_for_seconds")
+                    .as_f64()
+                    .map(|s| format!(" {}", duration(s)))
+                    .unwrap_or_default();
+                format!("{}{held}", field(h, "unit").as_str().unwrap_or("?"))
+            })
+            .collect();
+        let _ = writeln!(out, "Holders {}", names.join(", "));
+    }
+    let paused = field(doc, "paused");
+    if !paused.is_null() {
+        let since = field(paused, "since").as_str().map(utc).unwrap_or_default();
+        let reason = field(paused, "reason").as_str().unwrap_or("");
+        let _ = writeln!(out, "Paused since {since}: {reason}");
+    }
+    let roll = field(doc, "roll");
+    if !roll.is_null() {
+        let generation = field(roll, "generation").as_u64().unwrap_or(0);
+        let pending: Vec<&str> = field(roll, "pending_units")
+            .as_array()
+            .map(|p| p.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let state = if field(roll, "completed").is_null() {
+            format!("waiting for {}", pending.join(", "))
+        } else {
+            "complete".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "Roll   #{generation} ({}): {state}",
+            field(roll, "callback_id").as_str().unwrap_or("?")
+        );
+    }
     let units = field(doc, "units").as_array().cloned().unwrap_or_default();
     let queued: usize = units
         .iter()
@@ -335,6 +388,24 @@ pub fn render(doc: &Value) -> String {
             .unwrap_or_default()
         {
             notes.push(format!("{name}: {}", error.as_str().unwrap_or_default()));
+        }
+        let gate = field(unit, "health_gate");
+        if !gate.is_null() {
+            let check = field(gate, "check").as_str().unwrap_or("?");
+            let checks = field(gate, "attempts").as_u64().unwrap_or(0);
+            let waited = field(gate, "waiting_seconds")
+                .as_f64()
+                .map(duration)
+                .unwrap_or_default();
+            if field(gate, "failed").as_bool() == Some(true) {
+                notes.push(format!(
+                    "{name}: health check {check:?} gave up after {checks} checks; handed on unhealthy"
+                ));
+            } else {
+                notes.push(format!(
+                    "{name}: holding the lock until health check {check:?} passes ({checks} checks, {waited})"
+                ));
+            }
         }
     }
     let widths: Vec<usize> = (0..6)
@@ -433,5 +504,39 @@ mod tests {
             table.contains("! app/2: operations: not a JSON array"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn pause_holders_rolls_and_health_gates_are_shown() {
+        let described = json!({
+            "unit": "app/0", "leader": true, "relation": true, "now": "1777636810.0",
+            "lock": {"holder": "app/1", "granted_at": "1777636806.0", "held_for_seconds": 4.0, "generation": 3},
+            "holders": [
+                {"unit": "app/1", "generation": 3, "held_for_seconds": 4.0},
+                {"unit": "app/2", "generation": 4, "held_for_seconds": 1.5},
+            ],
+            "paused": {"since": "1777636805.0", "reason": "db maintenance"},
+            "roll": {"generation": 2, "callback_id": "restart", "started": "1777636800.0",
+                     "completed": null, "pending_units": ["app/2", "app/3"]},
+            "units": [
+                {"name": "app/1", "intent": "request", "backend": "peer", "executed_at": null,
+                 "queue": [], "errors": [],
+                 "health_gate": {"check": "healthy", "attempts": 2, "waiting_seconds": 6.0, "failed": false}},
+                {"name": "app/2", "intent": "request", "backend": "peer", "executed_at": null,
+                 "queue": [], "errors": []},
+            ],
+            "remote_units_not_read": [],
+        });
+        let doc = document(&described, "restart");
+        assert_eq!(doc["units"][1]["holder"], true, "every holder is marked");
+        let table = render(&doc);
+        for line in [
+            "Holders app/1 4.0s, app/2 1.5s",
+            "Paused since 2026-05-01 12:00:05 UTC: db maintenance",
+            "Roll   #2 (restart): waiting for app/2, app/3",
+            "! app/1: holding the lock until health check \"healthy\" passes (2 checks, 6.0s)",
+        ] {
+            assert!(table.contains(line), "missing {line:?} in\n{table}");
+        }
     }
 }
