@@ -16,4 +16,5 @@ mod etcd;
 mod fake_juju;
 mod features;
 mod simulation;
+mod testing_kit;
 mod vectors;
