@@ -140,3 +140,49 @@ fn an_unsettled_model_is_an_error_not_a_hang() {
     let err = model.run_until_idle(50).unwrap_err();
     assert!(err.to_string().contains("did not settle"), "{err}");
 }
+
+#[test]
+fn a_holder_departing_mid_roll_loses_nothing_and_the_roll_completes() {
+    let mut model = Model::new("app", 4);
+    model.callback("restart", |_| OperationResult::Release);
+    // app/1 never gets healthy: it would hold the lock until its 600 s timeout…
+    model.health_check("ready", |call| call.unit != "app/1");
+    model.callback("roll-done", |_| OperationResult::Release);
+    let request = RollRequest {
+        callback_id: "restart".into(),
+        kwargs_json: "{}".into(),
+        health_check: Some("ready".into()),
+        health_timeout_seconds: Some(600),
+        on_complete: Some("roll-done".into()),
+    };
+    model
+        .run("app/0", "start-roll", |s| s.start_roll(&request))
+        .unwrap();
+    // …app/1 restarts, then sits in its health gate holding the lock: its machine goes.
+    let gated = model
+        .run_until(1_000, |m| {
+            m.holders() == ["app/1"] && m.unit_bag("app/1").contains_key("rollingops-health")
+        })
+        .unwrap();
+    assert!(gated, "app/1 never sat in its gate");
+    model.depart("app/1");
+    model.run_until_idle(2_000).unwrap();
+    let restarts: Vec<String> = model
+        .calls()
+        .into_iter()
+        .filter(|c| c.id == "restart")
+        .map(|c| c.unit)
+        .collect();
+    let mut sorted = restarts.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["app/0", "app/1", "app/2", "app/3"], "{restarts:?}");
+    let done = model
+        .calls()
+        .into_iter()
+        .filter(|c| c.id == "roll-done")
+        .count();
+    assert_eq!(done, 1);
+    assert!(model.holders().is_empty());
+    // …but its grant was reclaimed at once when it left, not at the timeout.
+    assert!(model.now() < 300.0, "finished at {:.0}s", model.now());
+}

@@ -170,6 +170,42 @@ impl Model {
             .push_back((unit.to_string(), Event::LeaderElected));
     }
 
+    /// Remove `unit` (its machine is gone): its bag leaves the relation, its pending hooks
+    /// are dropped, and every other unit gets `relation-departed`.
+    pub fn depart(&mut self, unit: &str) {
+        self.units.retain(|u| u != unit);
+        lock(&self.shared).unit_bags.remove(unit);
+        self.pending.retain(|(u, _)| u != unit);
+        self.delayed.retain(|(_, u)| u != unit);
+        if self.leader == unit
+            && let Some(next) = self.units.first().cloned()
+        {
+            self.set_leader(&next);
+        }
+        for other in self.units.clone() {
+            self.pending
+                .push_back((other, Event::PeerRelationDeparted(unit.to_string())));
+        }
+    }
+
+    /// Deliver queued hooks until `condition` holds (checked after every hook); returns
+    /// whether it did before the model went idle.
+    pub fn run_until(
+        &mut self,
+        max_hooks: usize,
+        mut condition: impl FnMut(&Model) -> bool,
+    ) -> Result<bool, Error> {
+        for _ in 0..max_hooks {
+            if condition(self) {
+                return Ok(true);
+            }
+            if !self.step()? {
+                return Ok(condition(self));
+            }
+        }
+        Ok(condition(self))
+    }
+
     // ---------------------------------------------------------------------------------
     // State builders: run the component's own hooks, deliver nothing else.
 
@@ -304,28 +340,35 @@ impl Model {
     /// error too: the model did not settle.
     pub fn run_until_idle(&mut self, max_hooks: usize) -> Result<usize, Error> {
         let mut count = 0;
-        loop {
-            let next = match self.pending.pop_front() {
-                Some(next) => next,
-                None => {
-                    let Some(index) = (0..self.delayed.len()).min_by_key(|i| self.delayed[*i].0)
-                    else {
-                        return Ok(count);
-                    };
-                    let (due, unit) = self.delayed.remove(index);
-                    let mut shared = lock(&self.shared);
-                    shared.clock = shared.clock.max(due);
-                    (unit, Event::LockGranted)
-                }
-            };
+        while !self.pending.is_empty() || !self.delayed.is_empty() {
             if count >= max_hooks {
                 return Err(Error::Library(WitError::Host(format!(
                     "the model did not settle within {max_hooks} hooks"
                 ))));
             }
-            self.hook(&next.0, &next.1)?;
+            self.step()?;
             count += 1;
         }
+        Ok(count)
+    }
+
+    /// Run the next hook: a queued one, else the earliest delayed dispatch (jumping the
+    /// clock). Returns false when there is nothing to run.
+    pub fn step(&mut self) -> Result<bool, Error> {
+        let next = match self.pending.pop_front() {
+            Some(next) => next,
+            None => {
+                let Some(index) = (0..self.delayed.len()).min_by_key(|i| self.delayed[*i].0) else {
+                    return Ok(false);
+                };
+                let (due, unit) = self.delayed.remove(index);
+                let mut shared = lock(&self.shared);
+                shared.clock = shared.clock.max(due);
+                (unit, Event::LockGranted)
+            }
+        };
+        self.hook(&next.0, &next.1)?;
+        Ok(true)
     }
 
     // ---------------------------------------------------------------------------------
