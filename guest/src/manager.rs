@@ -1028,7 +1028,7 @@ impl Manager {
             };
             self.write_turn(&queue, intent, grant);
             if let Some(op) = dropped {
-                self.forget_op(&op, false);
+                self.forget_op(&op);
             }
             return Execution::Recorded;
         }
@@ -1105,7 +1105,7 @@ impl Manager {
         if let Some(head) = head
             && queue.head().is_none_or(|h| h.op_id() != head.op_id())
         {
-            self.forget_op(&head, false);
+            self.forget_op(&head);
         }
     }
 

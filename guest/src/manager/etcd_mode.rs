@@ -264,7 +264,9 @@ impl Manager {
         let Ok(mut queue) = self.local_record().queue else {
             return;
         };
-        let intent = match queue.record(result) {
+        let recorded = queue.record(result);
+        let removed = matches!(recorded, Some(crate::queue::Recorded::Removed { .. }));
+        let intent = match recorded {
             Some(crate::queue::Recorded::Retained(OperationResult::RetryHold)) => Intent::RetryHold,
             Some(crate::queue::Recorded::Retained(_)) => Intent::RetryRelease,
             _ if queue.is_empty() => Intent::Idle,
@@ -275,6 +277,10 @@ impl Manager {
             (wire::STATE.into(), intent.as_str().into()),
             (wire::EXECUTED_AT.into(), self.now.to_string()),
         ]);
+        if removed {
+            // Its options go, and an application-wide roll counts this unit as done.
+            self.forget_op(op);
+        }
     }
 
     /// The host's answer to [`Command::Etcdctl`]: `Ok(stdout)` after success, `Err` after

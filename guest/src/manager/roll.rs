@@ -62,7 +62,7 @@ impl Manager {
     }
 
     /// An operation left the queue: drop its options and count its roll as done.
-    pub(super) fn forget_op(&mut self, op: &Operation, _failed: bool) {
+    pub(super) fn forget_op(&mut self, op: &Operation) {
         let mut map = features::decode_op_options(&self.local_bag());
         let Some(options) = map.remove(&op.op_id()) else {
             return;
