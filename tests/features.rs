@@ -372,29 +372,34 @@ fn a_grant_timeout_reclaims_a_stuck_holder() {
     );
 }
 
+/// A random scenario with a health-gated roll at 5 s, a pause at 20 s and a resume at 90 s.
+fn roll_search_scenario(seed: u64) -> Scenario {
+    let mut scenario = Scenario::random(seed);
+    scenario.operator = vec![
+        step(
+            5.0,
+            None,
+            OperatorAction::StartRoll {
+                delay: 1.0,
+                health: Some((2.0, 60)),
+            },
+        ),
+        step(
+            20.0,
+            None,
+            OperatorAction::Control(Control::Pause("test".into())),
+        ),
+        step(90.0, None, OperatorAction::Control(Control::Resume)),
+    ];
+    scenario
+}
+
 #[test]
 fn property_rolls_with_pauses_and_chaos() {
     let seeds = (seed_count() / 10).max(20);
     let mut hooks = 0;
     for seed in 0..seeds {
-        let mut scenario = Scenario::random(seed);
-        scenario.operator = vec![
-            step(
-                5.0,
-                None,
-                OperatorAction::StartRoll {
-                    delay: 1.0,
-                    health: Some((2.0, 60)),
-                },
-            ),
-            step(
-                20.0,
-                None,
-                OperatorAction::Control(Control::Pause("test".into())),
-            ),
-            step(90.0, None, OperatorAction::Control(Control::Resume)),
-        ];
-        let outcome = sim::simulate(runtime(), scenario);
+        let outcome = sim::simulate(runtime(), roll_search_scenario(seed));
         let problems = check::check(&outcome);
         assert!(
             problems.is_empty(),
@@ -407,4 +412,41 @@ fn property_rolls_with_pauses_and_chaos() {
         hooks += outcome.hooks.len();
     }
     println!("{seeds} seeds, {hooks} hooks, no violation");
+}
+
+#[test]
+fn property_two_holders_never_three() {
+    let seeds = (seed_count() / 10).max(20);
+    let mut peak = 0;
+    for seed in 0..seeds {
+        let mut scenario = Scenario::random(seed);
+        scenario.operator = vec![step(
+            0.0,
+            None,
+            OperatorAction::SetPolicy(policy(2, None, false)),
+        )];
+        scenario.max_holders = 2;
+        let outcome = sim::simulate(runtime(), scenario);
+        let problems = check::check(&outcome);
+        assert!(
+            problems.is_empty(),
+            "seed {seed}: {problems:#?}\n{}",
+            report::timeline(&outcome, false)
+        );
+        peak = peak.max(check::max_concurrent(&check::intervals(&outcome)));
+    }
+    assert_eq!(peak, 2, "some seed ran two holders at once");
+    println!("{seeds} seeds with max_concurrent 2: never more than {peak} at once");
+}
+
+
+/// `SEED=N cargo test -p rollingops-tests --test tests -- features::replay_roll_seed
+/// --ignored --nocapture`: the full timeline of one seed of the roll search.
+#[test]
+#[ignore]
+fn replay_roll_seed() {
+    let seed: u64 = std::env::var("SEED").map_or(0, |s| s.parse().unwrap_or(0));
+    let outcome = sim::simulate(runtime(), roll_search_scenario(seed));
+    println!("{:#?}", check::check(&outcome));
+    println!("{}", report::timeline(&outcome, true));
 }

@@ -313,7 +313,7 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                     fx.log(
                         LogLevel::Error,
                         &format!(
-                            "Could not schedule {event} in {delay_ms} ms; update-status will                              pick the turn up: {e}"
+                            "Could not schedule {event} in {delay_ms} ms; update-status will pick the turn up: {e}"
                         ),
                     );
                 }

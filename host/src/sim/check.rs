@@ -34,15 +34,20 @@ pub fn intervals(outcome: &Outcome) -> Vec<Interval> {
         .hooks
         .iter()
         .flat_map(|hook| {
-            hook.runs.iter().map(move |run| Interval {
-                unit: hook.unit.clone(),
-                op: run.op,
-                start: hook.start + run.start_offset,
-                end: hook.start + run.start_offset + run.duration,
-                hook: hook.id,
-                outcome: run.outcome.clone(),
-                committed: hook.fate == Fate::Committed,
-            })
+            // A notification (the roll-complete callback) holds no lock: not a critical
+            // section.
+            hook.runs
+                .iter()
+                .filter(|run| run.outcome != "notified")
+                .map(move |run| Interval {
+                    unit: hook.unit.clone(),
+                    op: run.op,
+                    start: hook.start + run.start_offset,
+                    end: hook.start + run.start_offset + run.duration,
+                    hook: hook.id,
+                    outcome: run.outcome.clone(),
+                    committed: hook.fate == Fate::Committed,
+                })
         })
         .collect();
     all.sort_by(|a, b| a.start.total_cmp(&b.start));

@@ -718,6 +718,12 @@ impl<'r> Simulation<'r> {
                         session
                             .host()
                             .log(LogLevel::Warning, &format!("action failed: {e}"));
+                        // An operator whose leader-only action met a leadership change
+                        // runs it again on the new leader.
+                        if step.unit.is_none() && e.to_string().contains("Only the leader") {
+                            let at = self.now + 1.0;
+                            self.wake(at, Wake::Operator(*index));
+                        }
                         Ok(())
                     }
                     Ok(()) => Ok(()),
