@@ -136,6 +136,10 @@ pub struct Relation {
     pub runs: Vec<(String, Value, Option<String>)>,
     /// Log lines: (unit, level, message).
     pub logs: Vec<(String, String, String)>,
+    /// What a callback returns, by id (default `"release"`), e.g. a health check's answer.
+    pub returns: BTreeMap<String, Value>,
+    /// Callback runs of ids other than `restart`: (unit, id, kwargs).
+    pub other_runs: Vec<(String, String, Value)>,
 }
 
 /// One hook's buffered effects.
@@ -145,6 +149,8 @@ pub struct HookEffects {
     unit: BTreeMap<String, String>,
     /// Hooks the unit dispatched to itself.
     pub dispatched: Vec<String>,
+    /// Hooks the unit dispatched to itself after a delay: (event, delay in ms).
+    pub dispatched_after: Vec<(String, u64)>,
 }
 
 fn bag_json(bag: &BTreeMap<String, String>) -> Value {
@@ -235,9 +241,23 @@ impl Relation {
                     .push(params["event"].as_str().unwrap().to_string());
                 Ok(Value::Null)
             }
+            "dispatch-after" => {
+                hook.dispatched_after.push((
+                    params["event"].as_str().unwrap().to_string(),
+                    params["delay_ms"].as_u64().unwrap(),
+                ));
+                Ok(Value::Null)
+            }
             "now-micros" => {
                 self.clock += 1000;
                 Ok(json!(self.clock))
+            }
+            "run-callback" if params["callback_id"] != "restart" => {
+                let id = params["callback_id"].as_str().unwrap().to_string();
+                self.other_runs
+                    .push((unit.to_string(), id.clone(), params["kwargs"].clone()));
+                let returned = self.returns.get(&id).cloned().unwrap_or(json!("release"));
+                Ok(json!({ "returned": returned }))
             }
             "run-callback" => {
                 self.runs.push((
@@ -291,20 +311,54 @@ pub fn hook(
     method: &str,
     params: Value,
 ) -> (Result<Value, Value>, HookEffects, bool) {
+    hook_with(
+        bridge,
+        relation,
+        config(base_dir),
+        unit,
+        vec![(method, params)],
+    )
+    .pop()
+    .unwrap()
+}
+
+/// Run one hook on `unit` with the manager of `config`, making each call in turn (they
+/// share the hook's effects); commit when every call succeeded. Returns, per call, its
+/// outcome, the hook's effects so far and whether the commit changed a bag (last call).
+pub fn hook_with(
+    bridge: &mut BridgeProcess,
+    relation: &mut Relation,
+    config: Value,
+    unit: &str,
+    calls: Vec<(&str, Value)>,
+) -> Vec<(Result<Value, Value>, HookEffects, bool)> {
     let mut effects = HookEffects::default();
+    let mut outcomes = Vec::new();
     let mut answer = |import: &str, p: &Value| relation.answer(unit, &mut effects, import, p);
-    let manager = bridge
-        .call("create", config(base_dir), &mut answer)
-        .expect("create")["manager"]
-        .clone();
-    let mut params = params;
-    params["manager"] = manager.clone();
-    let result = bridge.call(method, params, &mut answer);
+    let manager = bridge.call("create", config, &mut answer).expect("create")["manager"].clone();
+    for (method, mut params) in calls {
+        params["manager"] = manager.clone();
+        outcomes.push(bridge.call(method, params, &mut answer));
+    }
     bridge
         .call("drop", json!({"manager": manager}), &mut answer)
         .expect("drop");
-    let changed = result.is_ok() && relation.commit(unit, &effects);
-    (result, effects, changed)
+    let ok = outcomes.iter().all(Result::is_ok);
+    let changed = ok && relation.commit(unit, &effects);
+    let count = outcomes.len();
+    outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, result)| {
+            let snapshot = HookEffects {
+                app: effects.app.clone(),
+                unit: effects.unit.clone(),
+                dispatched: effects.dispatched.clone(),
+                dispatched_after: effects.dispatched_after.clone(),
+            };
+            (result, snapshot, changed && i + 1 == count)
+        })
+        .collect()
 }
 
 #[test]
@@ -312,7 +366,7 @@ fn a_foreign_host_drives_a_three_unit_rolling_restart() {
     let base = temp_dir("bridge-rolling");
     let mut bridge = BridgeProcess::start(&["--client-clock"]);
     assert_eq!(bridge.hello["hello"], "rollingops-bridge");
-    assert_eq!(bridge.hello["protocol"], 1);
+    assert_eq!(bridge.hello["protocol"], 2);
     let mut relation = Relation::new(3);
     let mut queue: VecDeque<(String, &str, Value)> = relation
         .units
@@ -593,6 +647,226 @@ fn a_request_during_an_import_is_refused_as_busy() {
         assert_eq!(message["result"]["status"], "idle");
         break;
     }
+    assert_eq!(bridge.finish(), 0);
+}
+
+/// The issue-8 calls' configuration: `restart`, a health check and an on-complete callback.
+fn features_config(base_dir: &Path) -> Value {
+    json!({"config": {
+        "peer_relation_name": "restart",
+        "base_dir": base_dir,
+        "callback_ids": ["restart", "healthy", "done"],
+    }})
+}
+
+#[test]
+fn a_health_gate_is_forwarded_as_dispatch_after_and_passes_on_true() {
+    let base = temp_dir("bridge-health");
+    let mut bridge = BridgeProcess::start(&["--client-clock"]);
+    let mut relation = Relation::new(1);
+    let mut run = |relation: &mut Relation, method: &str, params: Value| {
+        hook_with(
+            &mut bridge,
+            relation,
+            features_config(&base),
+            "app/0",
+            vec![(method, params)],
+        )
+        .pop()
+        .unwrap()
+    };
+    let (result, effects, _) = run(
+        &mut relation,
+        "request-lock",
+        json!({"callback_id": "restart", "kwargs": {"delay": 1}, "max_retry": 3,
+               "health_check": "healthy", "health_timeout_seconds": 60,
+               "generation_kwarg": "gen"}),
+    );
+    result.unwrap();
+    assert_eq!(effects.dispatched, ["rollingops_lock_granted"]);
+    // The turn: the operation runs with its generation; the gate keeps the lock and asks
+    // for a hook in 2 s rather than waiting.
+    relation.returns.insert("healthy".into(), json!(false));
+    let (result, effects, _) = run(
+        &mut relation,
+        "handle-event",
+        json!({"event": "lock-granted"}),
+    );
+    result.unwrap();
+    assert_eq!(relation.runs.len(), 1);
+    assert_eq!(relation.runs[0].1, json!({"delay": 1, "gen": 1}));
+    assert_eq!(
+        effects.dispatched_after,
+        [("rollingops_lock_granted".to_string(), 2000)]
+    );
+    assert_eq!(relation.app["granted_unit"], "app/0");
+    // Due: the check answers false (a JSON boolean): checked again later.
+    relation.clock += 2_000_000;
+    let (result, effects, _) = run(
+        &mut relation,
+        "handle-event",
+        json!({"event": "lock-granted"}),
+    );
+    result.unwrap();
+    assert_eq!(relation.other_runs.len(), 1, "{:?}", relation.other_runs);
+    assert_eq!(relation.other_runs[0].1, "healthy");
+    assert_eq!(relation.other_runs[0].2["delay"], 1);
+    let (event, delay) = effects.dispatched_after[0].clone();
+    assert_eq!(event, "rollingops_lock_granted");
+    assert!(delay > 2000, "{delay}");
+    assert_eq!(relation.app["granted_unit"], "app/0");
+    // true passes, as the boolean or as the string "true".
+    relation.returns.insert("healthy".into(), json!(true));
+    relation.clock += delay as i64 * 1000;
+    let (result, effects, _) = run(
+        &mut relation,
+        "handle-event",
+        json!({"event": "lock-granted"}),
+    );
+    result.unwrap();
+    assert_eq!(relation.other_runs.len(), 2);
+    assert!(effects.dispatched_after.is_empty());
+    assert!(
+        !relation.app.contains_key("granted_unit"),
+        "{:?}",
+        relation.app
+    );
+    assert_eq!(relation.units["app/0"]["state"], "idle");
+    assert_eq!(bridge.finish(), 0);
+}
+
+#[test]
+fn policy_rank_controls_and_rolls_over_the_bridge() {
+    let base = temp_dir("bridge-controls");
+    let mut bridge = BridgeProcess::start(&["--client-clock"]);
+    let mut relation = Relation::new(1);
+    // Every unit advertises what it supports in its first hook.
+    let outcomes = hook_with(
+        &mut bridge,
+        &mut relation,
+        features_config(&base),
+        "app/0",
+        vec![("handle-event", json!({"event": "update-status"}))],
+    );
+    outcomes[0].0.clone().unwrap();
+    let calls = vec![
+        (
+            "set-policy",
+            json!({"max_concurrent": 2, "grant_timeout_seconds": 600, "rank_ordering": true}),
+        ),
+        ("set-policy", json!({})),
+        ("set-rank", json!({"rank": -4})),
+        (
+            "control",
+            json!({"action": "pause", "reason": "maintenance window"}),
+        ),
+        ("control", json!({"action": "pause"})),
+        ("control", json!({"action": "resume"})),
+        ("control", json!({"action": "cancel", "callback_id": null})),
+        ("control", json!({"action": "force-release"})),
+        (
+            "start-roll",
+            json!({"callback_id": "restart", "kwargs": {"delay": 0},
+                   "health_check": "healthy", "health_timeout_seconds": 30,
+                   "on_complete": "done"}),
+        ),
+    ];
+    let outcomes = hook_with(
+        &mut bridge,
+        &mut relation,
+        features_config(&base),
+        "app/0",
+        calls,
+    );
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|(r, _, _)| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            json!(1),
+            json!(0),
+            json!(1),
+            json!(0),
+            json!(0),
+            json!(1),
+        ]
+    );
+    assert_eq!(relation.units["app/0"]["rollingops-rank"], "-4");
+    assert!(relation.app["rollingops-policy"].contains("\"max_concurrent\":1"));
+    assert!(
+        relation.app.contains_key("rollingops-roll"),
+        "{:?}",
+        relation.app
+    );
+
+    // Errors: the component's classes, and protocol errors for malformed params.
+    let errors = hook_with(
+        &mut bridge,
+        &mut relation,
+        features_config(&base),
+        "app/0",
+        vec![
+            ("start-roll", json!({"callback_id": "restart"})),
+            (
+                "control",
+                json!({"action": "force-release", "unit": "app/9"}),
+            ),
+            ("set-policy", json!({"max_concurrent": 0})),
+            (
+                "request-lock",
+                json!({"callback_id": "restart", "health_check": "nope"}),
+            ),
+            (
+                "request-lock",
+                json!({"callback_id": "restart", "max_retry": -1}),
+            ),
+            ("control", json!({"action": "stop"})),
+            ("control", json!({})),
+            ("set-policy", json!({"rank_ordering": "yes"})),
+            ("set-rank", json!({"rank": "high"})),
+            ("start-roll", json!({"kwargs": {}})),
+            (
+                "request-lock",
+                json!({"callback_id": "restart", "health_timeout_seconds": -1}),
+            ),
+        ],
+    );
+    let kinds: Vec<(String, Value)> = errors
+        .into_iter()
+        .map(|(r, _, _)| {
+            let e = r.unwrap_err();
+            (e["kind"].as_str().unwrap().to_string(), e["class"].clone())
+        })
+        .collect();
+    let value_error = || ("invalid-argument".to_string(), json!("ValueError"));
+    let lock_request = || {
+        (
+            "invalid-lock-request".to_string(),
+            json!("RollingOpsInvalidLockRequestError"),
+        )
+    };
+    let protocol = || ("protocol".to_string(), Value::Null);
+    assert_eq!(
+        kinds,
+        [
+            value_error(),
+            value_error(),
+            value_error(),
+            lock_request(),
+            lock_request(),
+            protocol(),
+            protocol(),
+            protocol(),
+            protocol(),
+            protocol(),
+            protocol(),
+        ]
+    );
     assert_eq!(bridge.finish(), 0);
 }
 

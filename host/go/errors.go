@@ -151,6 +151,16 @@ func codeOf(err error) code {
 	return codeHost
 }
 
+// codeFor is the code of a sentinel (codeHost when it is none of the WIT cases).
+func codeFor(kind error) code {
+	for c, k := range kinds {
+		if k.err == kind {
+			return c
+		}
+	}
+	return codeHost
+}
+
 // isTimeout reports whether a sync backend's error means it timed out.
 func isTimeout(err error) bool {
 	return errors.Is(err, ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||

@@ -85,6 +85,7 @@ type session struct {
 	handle    cgo.Handle
 	juju      Juju
 	callbacks map[string]Callback
+	checks    map[string]HealthCheck
 	syncLocks map[string]SyncLockBackend
 	ctx       context.Context // the running call's context
 	panicked  *goPanic        // a panic in Go code called from C, re-raised after the call
@@ -92,12 +93,12 @@ type session struct {
 
 type goPanic struct{ value any }
 
-func newSession(cacheDir, configJSON string, juju Juju, callbacks map[string]Callback, syncLocks map[string]SyncLockBackend) (*session, error) {
+func newSession(cacheDir, configJSON string, juju Juju, callbacks map[string]Callback, checks map[string]HealthCheck, syncLocks map[string]SyncLockBackend) (*session, error) {
 	rt, err := loadRuntime(cacheDir)
 	if err != nil {
 		return nil, err
 	}
-	s := &session{juju: juju, callbacks: callbacks, syncLocks: syncLocks}
+	s := &session{juju: juju, callbacks: callbacks, checks: checks, syncLocks: syncLocks}
 	s.handle = cgo.NewHandle(s)
 	s.userData = C.malloc(C.size_t(unsafe.Sizeof(C.uintptr_t(0))))
 	*(*C.uintptr_t)(s.userData) = C.uintptr_t(s.handle)
@@ -196,6 +197,66 @@ func (s *session) requestAsyncLock(ctx context.Context, callbackID, kwargsJSON s
 	return s.call(ctx, func(n *C.rollingops_session, msg **C.char) C.int32_t {
 		return C.rollingops_request_async_lock(n, id, kwargs, retry, msg)
 	})
+}
+
+func (s *session) requestLock(ctx context.Context, callbackID, kwargsJSON, optionsJSON string) error {
+	id := C.CString(callbackID)
+	defer C.free(unsafe.Pointer(id))
+	kwargs := C.CString(kwargsJSON)
+	defer C.free(unsafe.Pointer(kwargs))
+	options := C.CString(optionsJSON)
+	defer C.free(unsafe.Pointer(options))
+	return s.call(ctx, func(n *C.rollingops_session, msg **C.char) C.int32_t {
+		return C.rollingops_request_lock(n, id, kwargs, options, msg)
+	})
+}
+
+func (s *session) setPolicy(ctx context.Context, policyJSON string) error {
+	policy := C.CString(policyJSON)
+	defer C.free(unsafe.Pointer(policy))
+	return s.call(ctx, func(n *C.rollingops_session, msg **C.char) C.int32_t {
+		return C.rollingops_set_policy(n, policy, msg)
+	})
+}
+
+func (s *session) setRank(ctx context.Context, rank int64) error {
+	return s.call(ctx, func(n *C.rollingops_session, msg **C.char) C.int32_t {
+		return C.rollingops_set_rank(n, C.int64_t(rank), msg)
+	})
+}
+
+func (s *session) control(ctx context.Context, controlJSON string) (uint32, error) {
+	action := C.CString(controlJSON)
+	defer C.free(unsafe.Pointer(action))
+	changed := (*C.uint32_t)(C.malloc(C.size_t(unsafe.Sizeof(C.uint32_t(0)))))
+	defer C.free(unsafe.Pointer(changed))
+	*changed = 0
+	err := s.call(ctx, func(n *C.rollingops_session, msg **C.char) C.int32_t {
+		return C.rollingops_control(n, action, changed, msg)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return uint32(*changed), nil
+}
+
+func (s *session) startRoll(ctx context.Context, callbackID, kwargsJSON, optionsJSON string) (uint64, error) {
+	id := C.CString(callbackID)
+	defer C.free(unsafe.Pointer(id))
+	kwargs := C.CString(kwargsJSON)
+	defer C.free(unsafe.Pointer(kwargs))
+	options := C.CString(optionsJSON)
+	defer C.free(unsafe.Pointer(options))
+	generation := (*C.uint64_t)(C.malloc(C.size_t(unsafe.Sizeof(C.uint64_t(0)))))
+	defer C.free(unsafe.Pointer(generation))
+	*generation = 0
+	err := s.call(ctx, func(n *C.rollingops_session, msg **C.char) C.int32_t {
+		return C.rollingops_start_roll(n, id, kwargs, options, generation, msg)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return uint64(*generation), nil
 }
 
 func (s *session) handleEvent(ctx context.Context, ev Event) error {

@@ -38,5 +38,7 @@ rollingops_host rollingops_go_host(void *user_data) {
     host.secret_grant =
         (void (*)(void *, const char *, uint32_t, rollingops_reply *))rollingopsGoSecretGrant;
     host.relation_get_remote_app = rollingopsGoRelationGetRemoteApp;
+    host.dispatch_after = (void (*)(void *, const char *, uint32_t,
+                                    rollingops_reply *))rollingopsGoDispatchAfter;
     return host;
 }

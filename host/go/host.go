@@ -212,6 +212,19 @@ func rollingopsGoDispatch(userData unsafe.Pointer, event *C.char, reply *C.rolli
 	replyJSON(reply, nil, s.juju.Dispatch(C.GoString(event)))
 }
 
+//export rollingopsGoDispatchAfter
+func rollingopsGoDispatchAfter(userData unsafe.Pointer, event *C.char, delayMs C.uint32_t, reply *C.rollingops_reply) {
+	s := sessionOf(userData)
+	defer s.guard(reply, codeHost)
+	later, ok := s.juju.(DelayedDispatcher)
+	if !ok {
+		replyError(reply, codeHost, "this host cannot dispatch a hook after a delay")
+		return
+	}
+	delay := time.Duration(delayMs) * time.Millisecond
+	replyJSON(reply, nil, later.DispatchAfter(C.GoString(event), delay))
+}
+
 //export rollingopsGoNowMicros
 func rollingopsGoNowMicros(userData unsafe.Pointer) C.int64_t {
 	s := sessionOf(userData)
@@ -235,10 +248,15 @@ func rollingopsGoSleepMs(userData unsafe.Pointer, ms C.uint64_t) {
 func rollingopsGoRunCallback(userData unsafe.Pointer, id *C.char, kwargsJSON *C.char, reply *C.rollingops_reply) {
 	s := sessionOf(userData)
 	defer s.guard(reply, codeRaised)
-	callback, ok := s.callbacks[C.GoString(id)]
+	name := C.GoString(id)
+	callback, ok := s.callbacks[name]
 	if !ok {
-		replyError(reply, codeMissing, "")
-		return
+		check, isCheck := s.checks[name]
+		if !isCheck {
+			replyError(reply, codeMissing, "")
+			return
+		}
+		callback = check.callback()
 	}
 	raw := C.GoString(kwargsJSON)
 	var kwargs map[string]any
@@ -299,6 +317,21 @@ func rollingopsGoStartWorker(userData unsafe.Pointer, reply *C.rollingops_reply)
 		return
 	}
 	replyJSON(reply, nil, starter.StartWorker())
+}
+
+// callback adapts a health check to the callback convention: true is the string "true",
+// which is what passes a check.
+func (check HealthCheck) callback() Callback {
+	return func(ctx context.Context, kwargs map[string]any) (Result, error) {
+		healthy, err := check(ctx, kwargs)
+		if err != nil {
+			return "", err
+		}
+		if healthy {
+			return "true", nil
+		}
+		return "false", nil
+	}
 }
 
 func replySync(reply *C.rollingops_reply, err error) {

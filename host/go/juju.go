@@ -72,6 +72,17 @@ type Sleeper interface {
 	Sleep(d time.Duration)
 }
 
+// DelayedDispatcher is implemented by a Juju that can run a hook later: health re-checks
+// and grant timeouts ask for one (the WIT import dispatch-after). DispatchAfter must return
+// at once and never sleep in the hook: start something that waits outside it (with the hook
+// tools, a detached `sh -c 'sleep …; exec juju-exec …'`, which is what the native library
+// does when Config.Juju is nil). Without it, the request fails with ErrHost, the component
+// logs it, and the next hook (update-status at the latest) picks the turn up.
+type DelayedDispatcher interface {
+	// DispatchAfter runs hook `event` on this unit no sooner than delay from now.
+	DispatchAfter(event string, delay time.Duration) error
+}
+
 // WorkerStarter is implemented by a Juju that can start the etcd worker: a detached
 // process, outside any hook, that builds a Manager and runs its worker loop. Without it,
 // etcd mode reports ErrEtcdNotConfigured.
@@ -121,6 +132,13 @@ const (
 // exact JSON is KwargsJSON(ctx)). A non-nil error means RetryRelease, as an exception does
 // in the reference.
 type Callback func(ctx context.Context, kwargs map[string]any) (Result, error)
+
+// HealthCheck is a charm's health check, registered in Config.HealthChecks and named by
+// RequestOptions.HealthCheck or Roll.HealthCheck. After the operation it gates has run, the
+// unit keeps the lock until the check returns true; it is re-run in later hooks (2 s after
+// the operation, then backing off to 30 s apart) until it passes or its timeout expires. A
+// non-nil error counts as not healthy yet. kwargs are the gated operation's.
+type HealthCheck func(ctx context.Context, kwargs map[string]any) (bool, error)
 
 // SyncLockBackend is a charm's own synchronous lock (the reference's SyncLockBackend).
 type SyncLockBackend interface {

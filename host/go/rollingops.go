@@ -69,11 +69,15 @@ type Config struct {
 	CacheDir string
 	// Callbacks are the operations the charm can request, by id (callback_targets).
 	Callbacks map[string]Callback
+	// HealthChecks are the charm's health checks, by id (see HealthCheck). Their ids share
+	// one namespace with Callbacks.
+	HealthChecks map[string]HealthCheck
 	// SyncLocks are the charm's sync-lock backends, by id (sync_lock_targets).
 	SyncLocks map[string]SyncLockBackend
 	// Juju is the unit's view of Juju. When nil, the native library carries every Juju
 	// effect itself with the hook tools on PATH (is-leader, relation-*, juju-log, secret-*,
-	// and juju-exec for dispatch), as the Rust host and the CLI do, reading
+	// and juju-exec for dispatch: started detached, after a detached sleep for a delayed
+	// dispatch, so a hook never waits), as the Rust host and the CLI do, reading
 	// JUJU_UNIT_NAME, JUJU_MODEL_UUID and JUJU_CHARM_DIR: what a charm wants in a hook.
 	Juju Juju
 }
@@ -92,6 +96,16 @@ func New(cfg Config) (*Manager, error) {
 		if cb == nil {
 			return nil, &Error{Kind: ErrInvalidArgument, Class: "ValueError",
 				Message: "callback " + id + " is nil"}
+		}
+	}
+	for id, hc := range cfg.HealthChecks {
+		if hc == nil {
+			return nil, &Error{Kind: ErrInvalidArgument, Class: "ValueError",
+				Message: "health check " + id + " is nil"}
+		}
+		if _, dup := cfg.Callbacks[id]; dup {
+			return nil, &Error{Kind: ErrInvalidArgument, Class: "ValueError",
+				Message: "id " + id + " is both a callback and a health check"}
 		}
 	}
 	for id, b := range cfg.SyncLocks {
@@ -122,14 +136,14 @@ func New(cfg Config) (*Manager, error) {
 		"cluster_id":         optional(cfg.ClusterID),
 		"base_dir":           baseDir,
 		"charm_dir":          charmDir,
-		"callback_ids":       sortedKeys(cfg.Callbacks),
+		"callback_ids":       callbackIDs(cfg.Callbacks, cfg.HealthChecks),
 		"sync_lock_ids":      sortedKeys(cfg.SyncLocks),
 	}
 	configJSON, err := json.Marshal(wire)
 	if err != nil {
 		return nil, err
 	}
-	s, err := newSession(cacheDir, string(configJSON), cfg.Juju, cfg.Callbacks, cfg.SyncLocks)
+	s, err := newSession(cacheDir, string(configJSON), cfg.Juju, cfg.Callbacks, cfg.HealthChecks, cfg.SyncLocks)
 	if err != nil {
 		return nil, err
 	}
@@ -162,11 +176,15 @@ func (m *Manager) RequestAsyncLock(ctx context.Context, callbackID string, kwarg
 		r := int64(*maxRetry)
 		retry = &r
 	}
-	err := m.s.requestAsyncLock(ctx, callbackID, kwargsJSON, retry)
+	return kwargsError(m.s.requestAsyncLock(ctx, callbackID, kwargsJSON, retry), problem)
+}
+
+// kwargsError explains, in Go terms, a request the component rejected because its kwargs
+// could not be encoded (problem). The component checks in the reference's order (callback
+// id, relation, kwargs), so the kwargs are only blamed when it blamed them.
+func kwargsError(err, problem error) error {
 	if e, ok := err.(*Error); ok && problem != nil && e.Kind == ErrInvalidLockRequest &&
 		strings.HasPrefix(e.Message, failedRequest) {
-		// The component checks in the reference's order (callback id, relation, kwargs);
-		// when it rejects what could not be encoded, say why in Go terms.
 		return &Error{Kind: e.Kind, Class: e.Class, Message: failedRequest + ": " + problem.Error()}
 	}
 	return err
@@ -238,6 +256,191 @@ func (m *Manager) AcquireSyncLock(ctx context.Context, backendID string, timeout
 // Describe is a one-line JSON view of the peer queues and the lock, for people.
 func (m *Manager) Describe() (string, error) {
 	return m.s.describe()
+}
+
+// RequestOptions are the options of RequestLock. The zero value is RequestAsyncLock's
+// behaviour with a nil maxRetry.
+type RequestOptions struct {
+	// MaxRetry is the retry budget after the first run (see MaxRetry); nil retries forever.
+	MaxRetry *int
+	// HealthCheck is the id of a registered HealthCheck (or Callback returning "true") that
+	// must pass before the lock moves on; "" for none.
+	HealthCheck string
+	// HealthTimeout is how long to wait for the check before handing the lock on anyway,
+	// rounded up to whole seconds; 0 is the library's default (300 s).
+	HealthTimeout time.Duration
+	// GenerationKwarg names a keyword argument that receives the grant generation (a
+	// number that grows with every grant), for fencing; "" for none.
+	GenerationKwarg string
+}
+
+// RequestLock queues an operation with options (request-lock): like RequestAsyncLock, and
+// with a health check the unit keeps the lock after the operation until the check passes.
+// Errors: those of RequestAsyncLock, and ErrInvalidLockRequest for an unknown health check,
+// a blank GenerationKwarg or a negative HealthTimeout.
+func (m *Manager) RequestLock(ctx context.Context, callbackID string, kwargs map[string]any, opts RequestOptions) error {
+	timeout, err := seconds(opts.HealthTimeout, "HealthTimeout", ErrInvalidLockRequest)
+	if err != nil {
+		return err
+	}
+	wire := map[string]any{
+		"health_check":           optional(opts.HealthCheck),
+		"health_timeout_seconds": timeout,
+		"generation_kwarg":       optional(opts.GenerationKwarg),
+	}
+	if opts.MaxRetry != nil {
+		wire["max_retry"] = *opts.MaxRetry
+	}
+	optionsJSON, err := json.Marshal(wire)
+	if err != nil {
+		return err
+	}
+	kwargsJSON, problem := encodeKwargs(kwargs)
+	return kwargsError(m.s.requestLock(ctx, callbackID, kwargsJSON, string(optionsJSON)), problem)
+}
+
+// Policy is the leader's scheduling policy (set-policy). The zero value is the reference
+// behaviour: one holder, no grant timeout, oldest request first, pause on a failed health
+// check. Each part is in force only once every unit on the relation supports it.
+type Policy struct {
+	// MaxConcurrent is how many units may hold the lock at once; 0 means 1.
+	MaxConcurrent int
+	// GrantTimeout reclaims a grant its holder has not finished within this time (rounded
+	// up to whole seconds); 0 never does.
+	GrantTimeout time.Duration
+	// RankOrdering orders waiting units by SetRank (lowest first) instead of request age.
+	RankOrdering bool
+	// ContinueOnHealthFailure keeps granting when a health check times out; by default
+	// the leader pauses grants (see Manager.Resume).
+	ContinueOnHealthFailure bool
+}
+
+// SetPolicy sets the scheduling policy. Leader only: on another unit it fails with
+// ErrInvalidArgument, as it does for a negative field.
+func (m *Manager) SetPolicy(ctx context.Context, p Policy) error {
+	if p.MaxConcurrent < 0 || p.MaxConcurrent > math.MaxUint32 {
+		return invalidArgument("MaxConcurrent must be between 0 and 4294967295")
+	}
+	grantTimeout, err := seconds(p.GrantTimeout, "GrantTimeout", ErrInvalidArgument)
+	if err != nil {
+		return err
+	}
+	maxConcurrent := max(p.MaxConcurrent, 1)
+	policyJSON, err := json.Marshal(map[string]any{
+		"max_concurrent":         maxConcurrent,
+		"grant_timeout_seconds":  grantTimeout,
+		"rank_ordering":          p.RankOrdering,
+		"halt_on_health_failure": !p.ContinueOnHealthFailure,
+	})
+	if err != nil {
+		return err
+	}
+	return m.s.setPolicy(ctx, string(policyJSON))
+}
+
+// SetRank sets this unit's rank: when the leader orders by rank, lower ranks go first.
+func (m *Manager) SetRank(ctx context.Context, rank int) error {
+	return m.s.setRank(ctx, int64(rank))
+}
+
+// Pause stops granting the lock (holders finish their turn); reason shows in the status.
+// changed is false when grants were already paused. Leader only (ErrInvalidArgument).
+func (m *Manager) Pause(ctx context.Context, reason string) (changed bool, err error) {
+	n, err := m.control(ctx, map[string]any{"pause": reason})
+	return n > 0, err
+}
+
+// Resume grants the lock again; changed is false when grants were not paused. Leader only.
+func (m *Manager) Resume(ctx context.Context) (changed bool, err error) {
+	n, err := m.control(ctx, "resume")
+	return n > 0, err
+}
+
+// Cancel drops this unit's queued operations that have not started (only those of
+// callbackID, unless it is ""), and returns how many it dropped.
+func (m *Manager) Cancel(ctx context.Context, callbackID string) (cancelled int, err error) {
+	n, err := m.control(ctx, map[string]any{"cancel": optional(callbackID)})
+	return int(n), err
+}
+
+// ForceRelease ends the grant of unit (every grant when unit is ""), and returns how many
+// it ended; the holder's generation becomes stale. Leader only; a unit that does not hold
+// the lock is ErrInvalidArgument.
+func (m *Manager) ForceRelease(ctx context.Context, unit string) (released int, err error) {
+	n, err := m.control(ctx, map[string]any{"force-release": optional(unit)})
+	return int(n), err
+}
+
+func (m *Manager) control(ctx context.Context, action any) (uint32, error) {
+	b, err := json.Marshal(action)
+	if err != nil {
+		return 0, err
+	}
+	return m.s.control(ctx, string(b))
+}
+
+// Roll is an application-wide roll (start-roll): every unit runs CallbackID once, in turn.
+type Roll struct {
+	// CallbackID is the operation every unit runs.
+	CallbackID string
+	// Kwargs are its keyword arguments.
+	Kwargs map[string]any
+	// HealthCheck gates each unit's hand-off, as in RequestOptions; "" for none.
+	HealthCheck string
+	// HealthTimeout is as in RequestOptions.
+	HealthTimeout time.Duration
+	// OnComplete is a callback the leader runs once every unit has finished, with kwargs
+	// {"generation": N}; "" for none.
+	OnComplete string
+}
+
+// StartRoll starts an application-wide roll and returns its generation. Leader only
+// (ErrInvalidArgument, as is a roll still in progress); ErrInvalidLockRequest for unknown
+// callback ids or kwargs that do not encode.
+func (m *Manager) StartRoll(ctx context.Context, r Roll) (generation uint64, err error) {
+	timeout, err := seconds(r.HealthTimeout, "HealthTimeout", ErrInvalidLockRequest)
+	if err != nil {
+		return 0, err
+	}
+	optionsJSON, err := json.Marshal(map[string]any{
+		"health_check":           optional(r.HealthCheck),
+		"health_timeout_seconds": timeout,
+		"on_complete":            optional(r.OnComplete),
+	})
+	if err != nil {
+		return 0, err
+	}
+	kwargsJSON, problem := encodeKwargs(r.Kwargs)
+	if problem != nil {
+		return 0, &Error{Kind: ErrInvalidLockRequest, Class: "RollingOpsInvalidLockRequestError",
+			Message: "Failed to start the roll: " + problem.Error()}
+	}
+	return m.s.startRoll(ctx, r.CallbackID, kwargsJSON, string(optionsJSON))
+}
+
+// seconds converts a duration option to whole seconds (rounded up): nil for 0, an error of
+// kind for a negative one.
+func seconds(d time.Duration, name string, kind error) (*uint32, error) {
+	switch {
+	case d == 0:
+		return nil, nil
+	case d < 0:
+		return nil, newError(codeFor(kind), name+" must not be negative")
+	}
+	s := uint32(min(math.Ceil(d.Seconds()), math.MaxUint32))
+	return &s, nil
+}
+
+func invalidArgument(message string) error {
+	return &Error{Kind: ErrInvalidArgument, Class: "ValueError", Message: message}
+}
+
+// callbackIDs are the ids of the callbacks and health checks, sorted.
+func callbackIDs(callbacks map[string]Callback, checks map[string]HealthCheck) []string {
+	ids := sortedKeys(callbacks)
+	ids = append(ids, sortedKeys(checks)...)
+	sort.Strings(ids)
+	return ids
 }
 
 func optional(s string) any {

@@ -21,6 +21,9 @@ import (
 var cacheDir string
 
 func TestMain(m *testing.M) {
+	if fakeHookTool() {
+		return
+	}
 	dir, err := os.MkdirTemp("", "rollingops-go-test-")
 	if err != nil {
 		panic(err)
@@ -38,6 +41,10 @@ type charm struct {
 	// hook lets a test change what a callback does.
 	hook func(unit string, kwargs map[string]any) (rollingops.Result, error)
 	sync map[string]rollingops.SyncLockBackend
+	// checks are the charm's health checks.
+	checks map[string]rollingops.HealthCheck
+	// juju wraps a unit's Juju (nil: the model's unit as is).
+	juju func(*rollingopstest.Unit) rollingops.Juju
 }
 
 type call struct {
@@ -62,18 +69,23 @@ func (c *charm) callbacks(unit string) map[string]rollingops.Callback {
 			return rollingops.Release, nil
 		}
 	}
-	return map[string]rollingops.Callback{"restart": cb("restart"), "other": cb("other")}
+	return map[string]rollingops.Callback{"restart": cb("restart"), "other": cb("other"), "done": cb("done")}
 }
 
 // manager builds unit's manager for one hook.
 func (c *charm) manager(t testing.TB, unit string) *rollingops.Manager {
 	t.Helper()
+	var juju rollingops.Juju = c.model.Unit(unit)
+	if c.juju != nil {
+		juju = c.juju(c.model.Unit(unit))
+	}
 	m, err := rollingops.New(rollingops.Config{
 		PeerRelation: "restart",
 		BaseDir:      cacheDir,
 		Callbacks:    c.callbacks(unit),
+		HealthChecks: c.checks,
 		SyncLocks:    c.sync,
-		Juju:         c.model.Unit(unit),
+		Juju:         juju,
 	})
 	if err != nil {
 		t.Fatalf("New(%s): %v", unit, err)

@@ -373,7 +373,7 @@ func replay(t *testing.T, path string) {
 			w.units = kept
 			delete(w.bags, hook.Depart)
 		}
-		s, err := newSession("", string(v.Config), w, callbacks, syncLocks)
+		s, err := newSession("", string(v.Config), w, callbacks, nil, syncLocks)
 		check(fmt.Sprintf("hook %d (%s) created", i, hook.Unit), hook.Created, outcome(nil, err))
 		if len(w.effects) != 0 {
 			t.Fatalf("hook %d: creating a manager had effects %v", i, w.effects)

@@ -188,6 +188,7 @@ fn vtable(host: &mut Frozen) -> HostVtable {
         start_worker: None,
         secret_grant: None,
         relation_get_remote_app: None,
+        dispatch_after: None,
     }
 }
 

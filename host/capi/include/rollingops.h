@@ -55,6 +55,34 @@
  *     {"secret-changed": "<label>"}
  *   state (rollingops_state): {"status": "not-ready"|"waiting"|"granted"|"idle",
  *                              "processing_backend": "peer"|"etcd"}
+ *   request options (rollingops_request_lock; NULL is {}, every key optional):
+ *     {"max_retry": null,                  integer >= 0; null retries forever
+ *      "health_check": null,               a registered callback id: the lock moves on
+ *                                          only once it returns "true" (below)
+ *      "health_timeout_seconds": null,     seconds, >= 1; null: 300
+ *      "generation_kwarg": null}           kwarg name that receives the grant generation
+ *   policy (rollingops_set_policy; every key optional, these defaults):
+ *     {"max_concurrent": 1,                units that may hold the lock at once (>= 1)
+ *      "grant_timeout_seconds": null,      seconds (>= 1): reclaim a grant not finished
+ *      "rank_ordering": false,             lowest rollingops_set_rank() first
+ *      "halt_on_health_failure": true}     pause grants when a health check times out
+ *   control (rollingops_control): a WIT `control` case, like events:
+ *     {"pause": "<reason>"}, "resume", "cancel" (every queued operation of this unit),
+ *     {"cancel": "<callback id>"|null}, "force-release" (every grant),
+ *     {"force-release": "<unit>"|null}
+ *   roll options (rollingops_start_roll; NULL is {}, every key optional):
+ *     {"health_check": null, "health_timeout_seconds": null,
+ *      "on_complete": null}                callback the leader runs once every unit has
+ *                                          finished, with kwargs {"generation": N}
+ *   Unknown keys and values of the wrong type (a negative number where seconds go) are
+ *   ROLLINGOPS_BAD_CALL; the component checks the rest with its own error codes (an
+ *   unknown callback id or a negative max_retry: ROLLINGOPS_INVALID_LOCK_REQUEST; a
+ *   follower calling a leader-only function, a max_concurrent of 0, a roll still in
+ *   progress: ROLLINGOPS_INVALID_ARGUMENT).
+ *
+ * Health checks are ordinary callbacks (run_callback) registered in "callback_ids"; a check
+ * passes only when run_callback answers "true" (the JSON string, or the boolean true, which
+ * the library maps to it).
  *
  * Build: `cargo build -p rollingops-capi` (add --release for an optimised library) writes
  * target/{debug,release}/librollingops_capi.a. Link it with
@@ -71,9 +99,14 @@
 extern "C" {
 #endif
 
-/* Bumped whenever a signature or a JSON shape in this header changes. (rollingops_host only
-   grows at its end; zero-initialise it so that functions added later are NULL.) */
-#define ROLLINGOPS_ABI_VERSION 1
+/* Bumped whenever a signature or a JSON shape in this header changes, or something is added.
+   (rollingops_host only grows at its end; zero-initialise it so that functions added later
+   are NULL, and rebuild against the header you link with: the library reads the whole
+   struct.)
+     1  the first version
+     2  rollingops_host.dispatch_after; rollingops_request_lock, rollingops_set_policy,
+        rollingops_set_rank, rollingops_control, rollingops_start_roll */
+#define ROLLINGOPS_ABI_VERSION 2
 
 /* Result codes. */
 enum rollingops_code {
@@ -182,8 +215,9 @@ typedef struct rollingops_host {
        sleeps the thread). No reply. */
     void (*sleep_ms)(void *user_data, uint64_t ms);
     /* Run the charm callback `id` with `kwargs_json` (a JSON object). ok: the returned value
-       as JSON: null (None/nothing) or a string ("release", "retry-release", "retry-hold";
-       any other value means release). ROLLINGOPS_RAISED with a description: the callback
+       as JSON: null (None/nothing), a string ("release", "retry-release", "retry-hold";
+       any other value means release) or a boolean (true/false become "true"/"false": a
+       health check passes on true). ROLLINGOPS_RAISED with a description: the callback
        failed (the operation is retried, RETRY_RELEASE). ROLLINGOPS_MISSING: no such
        callback in this process. */
     void (*run_callback)(void *user_data, const char *id, const char *kwargs_json,
@@ -207,6 +241,14 @@ typedef struct rollingops_host {
        - <remote-app>`), {} when it wrote nothing. Optional (NULL: ROLLINGOPS_HOST). */
     void (*relation_get_remote_app)(void *user_data, uint32_t relation_id,
                                     rollingops_reply *reply);
+    /* Since ABI version 2. Run hook `event_name` on this unit no sooner than `delay_ms`
+       milliseconds from now (health re-checks, grant timeouts), and return at once: never
+       sleep here, start something that waits outside the hook (a detached
+       `sh -c 'sleep …; exec juju-exec …'`, a timer). ok: anything. Optional (NULL:
+       ROLLINGOPS_HOST "this host cannot dispatch a hook after a delay"; the component logs
+       it and update-status picks the turn up). */
+    void (*dispatch_after)(void *user_data, const char *event_name, uint32_t delay_ms,
+                           rollingops_reply *reply);
 } rollingops_host;
 
 /* ROLLINGOPS_ABI_VERSION of the linked library. */
@@ -254,6 +296,31 @@ void rollingops_session_free(rollingops_session *session);
 int32_t rollingops_request_async_lock(rollingops_session *session, const char *callback_id,
                                       const char *kwargs_json, const int64_t *max_retry,
                                       char **error_message);
+
+/* `request-lock(callback_id, kwargs, options)`: queue with options (see "request options"
+   above; NULL options_json: the defaults). `kwargs_json` NULL: {}. */
+int32_t rollingops_request_lock(rollingops_session *session, const char *callback_id,
+                                const char *kwargs_json, const char *options_json,
+                                char **error_message);
+
+/* `set-policy` (leader only; see "policy" above). */
+int32_t rollingops_set_policy(rollingops_session *session, const char *policy_json,
+                              char **error_message);
+
+/* `set-rank`: with rank ordering, lower ranks go first. */
+int32_t rollingops_set_rank(rollingops_session *session, int64_t rank, char **error_message);
+
+/* `control` (see "control" above). On success *changed (when not NULL) receives how many
+   operations or grants it changed. */
+int32_t rollingops_control(rollingops_session *session, const char *control_json,
+                           uint32_t *changed, char **error_message);
+
+/* `start-roll` (leader only): every unit runs `callback_id` with `kwargs_json` (NULL: {})
+   once (see "roll options" above; NULL options_json: the defaults). On success *generation
+   (when not NULL) receives the roll's generation. */
+int32_t rollingops_start_roll(rollingops_session *session, const char *callback_id,
+                              const char *kwargs_json, const char *options_json,
+                              uint64_t *generation, char **error_message);
 
 /* React to a hook or custom event (see "event" above). */
 int32_t rollingops_handle_event(rollingops_session *session, const char *event_json,

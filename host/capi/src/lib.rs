@@ -23,8 +23,8 @@ use rollingops::juju::{CharmCode, JujuEnv, JujuHost};
 use rollingops::runtime::message;
 use rollingops::sandbox::Sandbox;
 use rollingops::{
-    BagOwner, CallbackOutcome, Config, Event, Host, LogLevel, ProcessingBackend, Runtime, Session,
-    Status, SyncBackendError, WitError,
+    BagOwner, CallbackOutcome, Config, Control, Event, Host, LogLevel, Policy, ProcessingBackend,
+    RequestOptions, RollRequest, Runtime, Session, Status, SyncBackendError, WitError,
 };
 use serde_json::{Map, Value};
 
@@ -71,7 +71,7 @@ pub mod code {
 }
 
 /// `ROLLINGOPS_ABI_VERSION`.
-pub const ABI_VERSION: i32 = 1;
+pub const ABI_VERSION: i32 = 2;
 
 /// A failure on its way out: a code and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +360,8 @@ pub struct HostVtable {
     pub secret_grant: Option<unsafe extern "C" fn(*mut c_void, *const c_char, u32, *mut Reply)>,
     /// The remote application's bag (optional).
     pub relation_get_remote_app: Option<unsafe extern "C" fn(*mut c_void, u32, *mut Reply)>,
+    /// Run a hook no sooner than a delay from now (optional; ABI version 2).
+    pub dispatch_after: Option<unsafe extern "C" fn(*mut c_void, *const c_char, u32, *mut Reply)>,
 }
 
 impl HostVtable {
@@ -637,6 +639,18 @@ impl Host for CHost {
         wit_result(self.ask(|ud, reply| unsafe { f(ud, event.as_ptr(), reply) })).map(drop)
     }
 
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), WitError> {
+        let Some(f) = self.vtable.dispatch_after else {
+            return Err(WitError::Host(
+                "this host cannot dispatch a hook after a delay".into(),
+            ));
+        };
+        let event = c_arg(event, "event name")?;
+        // SAFETY: as above.
+        wit_result(self.ask(|ud, reply| unsafe { f(ud, event.as_ptr(), delay_ms, reply) }))
+            .map(drop)
+    }
+
     fn now_micros(&mut self) -> i64 {
         let f = Self::required(self.vtable.now_micros, "now_micros");
         // SAFETY: as above.
@@ -661,6 +675,8 @@ impl Host for CHost {
         match self.ask(|ud, reply| unsafe { f(ud, id.as_ptr(), kwargs.as_ptr(), reply) }) {
             Ok(text) => match serde_json::from_str::<Value>(&text) {
                 Ok(Value::String(s)) => CallbackOutcome::Returned(Some(s)),
+                // A health check's boolean: the component passes it on "true".
+                Ok(Value::Bool(b)) => CallbackOutcome::Returned(Some(b.to_string())),
                 Ok(Value::Null) => CallbackOutcome::Returned(None),
                 Ok(_) => CallbackOutcome::Returned(None),
                 Err(_) => CallbackOutcome::Raised(format!(
@@ -820,6 +836,163 @@ fn parse_event(json: &str) -> Result<Event, Failure> {
         }
         _ => Err(bad()),
     }
+}
+
+/// A JSON object argument, read key by key: unknown keys and wrong types are bad calls.
+struct Fields<'a> {
+    what: &'a str,
+    map: Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    /// `json` (NULL: `{}`) as an object whose keys are all in `known`.
+    fn parse(json: Option<&str>, what: &'a str, known: &[&str]) -> Result<Self, Failure> {
+        let map = match json {
+            None => Map::new(),
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => map,
+                Ok(_) => return Err(Failure::bad_call(format!("{what}: not a JSON object"))),
+                Err(e) => return Err(Failure::bad_call(format!("{what}: not JSON: {e}"))),
+            },
+        };
+        if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(Failure::bad_call(format!(
+                "{what}: unknown key {unknown:?}"
+            )));
+        }
+        Ok(Fields { what, map })
+    }
+
+    fn bad(&self, key: &str, expected: &str) -> Failure {
+        Failure::bad_call(format!("{}: {key} must be {expected}", self.what))
+    }
+
+    fn opt_string(&self, key: &str) -> Result<Option<String>, Failure> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.bad(key, "a string or null")),
+        }
+    }
+
+    fn opt_u32(&self, key: &str) -> Result<Option<u32>, Failure> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "a whole number from 0 to 4294967295, or null")),
+        }
+    }
+
+    fn opt_i64(&self, key: &str) -> Result<Option<i64>, Failure> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "an integer or null")),
+        }
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool, Failure> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.bad(key, "a boolean")),
+        }
+    }
+}
+
+/// `request-options` from its JSON form (NULL: every default).
+fn parse_request_options(json: Option<&str>) -> Result<RequestOptions, Failure> {
+    let f = Fields::parse(
+        json,
+        "options_json",
+        &[
+            "max_retry",
+            "health_check",
+            "health_timeout_seconds",
+            "generation_kwarg",
+        ],
+    )?;
+    Ok(RequestOptions {
+        max_retry: f.opt_i64("max_retry")?,
+        health_check: f.opt_string("health_check")?,
+        health_timeout_seconds: f.opt_u32("health_timeout_seconds")?,
+        generation_kwarg: f.opt_string("generation_kwarg")?,
+    })
+}
+
+/// `policy` from its JSON form; absent keys take the WIT defaults.
+fn parse_policy(json: &str) -> Result<Policy, Failure> {
+    let f = Fields::parse(
+        Some(json),
+        "policy_json",
+        &[
+            "max_concurrent",
+            "grant_timeout_seconds",
+            "rank_ordering",
+            "halt_on_health_failure",
+        ],
+    )?;
+    Ok(Policy {
+        max_concurrent: f.opt_u32("max_concurrent")?.unwrap_or(1),
+        grant_timeout_seconds: f.opt_u32("grant_timeout_seconds")?,
+        rank_ordering: f.bool_or("rank_ordering", false)?,
+        halt_on_health_failure: f.bool_or("halt_on_health_failure", true)?,
+    })
+}
+
+/// A WIT `control` from its JSON form: `"resume"`, `{"pause": "why"}`, `"cancel"` or
+/// `{"cancel": "id"|null}`, `"force-release"` or `{"force-release": "app/1"|null}`.
+fn parse_control(json: &str) -> Result<Control, Failure> {
+    let bad = || Failure::bad_call(format!("not a control: {json}"));
+    match serde_json::from_str::<Value>(json).map_err(|_| bad())? {
+        Value::String(name) => match name.as_str() {
+            "resume" => Ok(Control::Resume),
+            "cancel" => Ok(Control::Cancel(None)),
+            "force-release" => Ok(Control::ForceRelease(None)),
+            _ => Err(bad()),
+        },
+        Value::Object(map) if map.len() == 1 => {
+            let (case, payload) = map.into_iter().next().ok_or_else(bad)?;
+            let payload = match payload {
+                Value::String(s) => Some(s),
+                Value::Null => None,
+                _ => return Err(bad()),
+            };
+            match case.as_str() {
+                "pause" => payload.map(Control::Pause).ok_or_else(bad),
+                "resume" if payload.is_none() => Ok(Control::Resume),
+                "cancel" => Ok(Control::Cancel(payload)),
+                "force-release" => Ok(Control::ForceRelease(payload)),
+                _ => Err(bad()),
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// A `roll-request` from the callback, its kwargs and the JSON options (NULL: defaults).
+fn parse_roll(
+    callback_id: &str,
+    kwargs_json: &str,
+    options: Option<&str>,
+) -> Result<RollRequest, Failure> {
+    let f = Fields::parse(
+        options,
+        "options_json",
+        &["health_check", "health_timeout_seconds", "on_complete"],
+    )?;
+    Ok(RollRequest {
+        callback_id: callback_id.to_owned(),
+        kwargs_json: kwargs_json.to_owned(),
+        health_check: f.opt_string("health_check")?,
+        health_timeout_seconds: f.opt_u32("health_timeout_seconds")?,
+        on_complete: f.opt_string("on_complete")?,
+    })
 }
 
 fn encode_state(state: &rollingops::State) -> String {
@@ -1153,6 +1326,118 @@ pub unsafe extern "C" fn rollingops_request_async_lock(
             let kwargs = opt_str_arg(kwargs_json, "kwargs_json")?.unwrap_or("{}");
             let max_retry = max_retry.as_ref().copied();
             Ok(s.request_async_lock(id, kwargs, max_retry)?)
+        })
+    }
+}
+
+/// `request-lock`: queue with options.
+///
+/// # Safety
+/// `session` is NULL or live; strings are NULL or NUL-terminated; `error_message` is NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rollingops_request_lock(
+    session: *mut SessionHandle,
+    callback_id: *const c_char,
+    kwargs_json: *const c_char,
+    options_json: *const c_char,
+    error_message: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_session(session, error_message, |s| {
+            let id = str_arg(callback_id, "callback_id")?;
+            let kwargs = opt_str_arg(kwargs_json, "kwargs_json")?.unwrap_or("{}");
+            let options = parse_request_options(opt_str_arg(options_json, "options_json")?)?;
+            Ok(s.request_lock(id, kwargs, &options)?)
+        })
+    }
+}
+
+/// `set-policy` (leader only).
+///
+/// # Safety
+/// `session` is NULL or live; `policy_json` is NULL or NUL-terminated; `error_message` is
+/// NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rollingops_set_policy(
+    session: *mut SessionHandle,
+    policy_json: *const c_char,
+    error_message: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_session(session, error_message, |s| {
+            let policy = parse_policy(str_arg(policy_json, "policy_json")?)?;
+            Ok(s.set_policy(&policy)?)
+        })
+    }
+}
+
+/// `set-rank`.
+///
+/// # Safety
+/// `session` is NULL or live; `error_message` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rollingops_set_rank(
+    session: *mut SessionHandle,
+    rank: i64,
+    error_message: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: per this function's contract.
+    unsafe { with_session(session, error_message, |s| Ok(s.set_rank(rank)?)) }
+}
+
+/// `control`: pause, resume, cancel, force-release.
+///
+/// # Safety
+/// `session` is NULL or live; `control_json` is NULL or NUL-terminated; `changed` is NULL or
+/// writable; `error_message` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rollingops_control(
+    session: *mut SessionHandle,
+    control_json: *const c_char,
+    changed: *mut u32,
+    error_message: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_session(session, error_message, |s| {
+            let action = parse_control(str_arg(control_json, "control_json")?)?;
+            let count = s.control(&action)?;
+            if let Some(out) = changed.as_mut() {
+                *out = count;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `start-roll` (leader only).
+///
+/// # Safety
+/// `session` is NULL or live; strings are NULL or NUL-terminated; `generation` is NULL or
+/// writable; `error_message` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rollingops_start_roll(
+    session: *mut SessionHandle,
+    callback_id: *const c_char,
+    kwargs_json: *const c_char,
+    options_json: *const c_char,
+    generation: *mut u64,
+    error_message: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_session(session, error_message, |s| {
+            let id = str_arg(callback_id, "callback_id")?;
+            let kwargs = opt_str_arg(kwargs_json, "kwargs_json")?.unwrap_or("{}");
+            let roll = parse_roll(id, kwargs, opt_str_arg(options_json, "options_json")?)?;
+            let started = s.start_roll(&roll)?;
+            if let Some(out) = generation.as_mut() {
+                *out = started;
+            }
+            Ok(())
         })
     }
 }

@@ -21,6 +21,13 @@ struct Fake {
     reenter: Option<*mut SessionHandle>,
     reentry_code: Option<i32>,
     fail_unit_name: bool,
+    /// Microseconds since the epoch (0: the fixed default).
+    now: i64,
+    /// What each callback id answers (JSON), by id; default `null`.
+    answers: BTreeMap<String, String>,
+    /// `dispatch` and `dispatch_after` calls: (event, delay ms; 0 for `dispatch`).
+    dispatched: Vec<(String, u32)>,
+    logs: Vec<String>,
 }
 
 fn fake(user_data: *mut c_void) -> &'static mut Fake {
@@ -102,12 +109,27 @@ unsafe extern "C" fn relation_set(
     }
     ok(reply, "");
 }
-unsafe extern "C" fn log(_: *mut c_void, _: i32, _: *const c_char) {}
-unsafe extern "C" fn dispatch(_: *mut c_void, _: *const c_char, reply: *mut Reply) {
+unsafe extern "C" fn log(ud: *mut c_void, _: i32, message: *const c_char) {
+    fake(ud).logs.push(text(message).into());
+}
+unsafe extern "C" fn dispatch(ud: *mut c_void, event: *const c_char, reply: *mut Reply) {
+    fake(ud).dispatched.push((text(event).into(), 0));
     ok(reply, "");
 }
-unsafe extern "C" fn now_micros(_: *mut c_void) -> i64 {
-    1_777_636_800_000_000
+unsafe extern "C" fn dispatch_after(
+    ud: *mut c_void,
+    event: *const c_char,
+    delay_ms: u32,
+    reply: *mut Reply,
+) {
+    fake(ud).dispatched.push((text(event).into(), delay_ms));
+    ok(reply, "");
+}
+unsafe extern "C" fn now_micros(ud: *mut c_void) -> i64 {
+    match fake(ud).now {
+        0 => 1_777_636_800_000_000,
+        now => now,
+    }
 }
 unsafe extern "C" fn run_callback(
     ud: *mut c_void,
@@ -127,7 +149,10 @@ unsafe extern "C" fn run_callback(
     }
     match &f.callback_reply {
         Some((code, message)) => err(reply, *code, message),
-        None => ok(reply, "null"),
+        None => {
+            let answer = f.answers.get(text(id)).cloned();
+            ok(reply, answer.as_deref().unwrap_or("null"))
+        }
     }
 }
 unsafe extern "C" fn sync_acquire(ud: *mut c_void, _: *const c_char, _: i64, reply: *mut Reply) {
@@ -162,6 +187,7 @@ fn vtable(f: &mut Fake) -> HostVtable {
         start_worker: None,
         secret_grant: None,
         relation_get_remote_app: None,
+        dispatch_after: Some(dispatch_after),
     }
 }
 
@@ -558,7 +584,7 @@ fn header_declares_every_export() {
         .filter_map(|rest| rest.split('(').next())
         .filter(|name| name.starts_with("rollingops_"))
         .collect();
-    assert!(exports.len() >= 18, "{exports:?}");
+    assert!(exports.len() >= 23, "{exports:?}");
     for name in exports {
         assert!(
             header.contains(&format!("{name}(")),
@@ -579,4 +605,331 @@ fn header_declares_every_export() {
         assert!(header.contains(&format!("{name} = {value}")), "{name}");
     }
     assert!(header.contains(&format!("#define ROLLINGOPS_ABI_VERSION {ABI_VERSION}")));
+}
+
+// =====================================================================================
+// ABI version 2: dispatch_after and the issue-8 manager calls
+
+const FEATURES_CONFIG: &CStr =
+    cr#"{"peer_relation_name":"restart","callback_ids":["restart","healthy","done"]}"#;
+
+fn opt_c(text: Option<&str>) -> Option<CString> {
+    text.map(|t| CString::new(t).unwrap())
+}
+
+fn ptr(text: &Option<CString>) -> *const c_char {
+    text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr())
+}
+
+fn request_lock(
+    session: *mut SessionHandle,
+    id: &str,
+    kwargs: Option<&str>,
+    options: Option<&str>,
+) -> Result<(), (i32, String)> {
+    let id = CString::new(id).unwrap();
+    let (kwargs, options) = (opt_c(kwargs), opt_c(options));
+    // SAFETY: a live session, valid strings or NULL.
+    call(|m| unsafe {
+        rollingops_request_lock(session, id.as_ptr(), ptr(&kwargs), ptr(&options), m)
+    })
+}
+
+fn control(session: *mut SessionHandle, json: &str) -> Result<u32, (i32, String)> {
+    let json = CString::new(json).unwrap();
+    let mut changed = u32::MAX;
+    // SAFETY: a live session, valid pointers.
+    call(|m| unsafe { rollingops_control(session, json.as_ptr(), &mut changed, m) })?;
+    Ok(changed)
+}
+
+fn set_policy(session: *mut SessionHandle, json: &str) -> Result<(), (i32, String)> {
+    let json = CString::new(json).unwrap();
+    // SAFETY: a live session, a valid string.
+    call(|m| unsafe { rollingops_set_policy(session, json.as_ptr(), m) })
+}
+
+fn start_roll(
+    session: *mut SessionHandle,
+    id: &str,
+    kwargs: Option<&str>,
+    options: Option<&str>,
+) -> Result<u64, (i32, String)> {
+    let id = CString::new(id).unwrap();
+    let (kwargs, options) = (opt_c(kwargs), opt_c(options));
+    let mut generation = 0;
+    // SAFETY: a live session, valid pointers.
+    call(|m| unsafe {
+        rollingops_start_roll(
+            session,
+            id.as_ptr(),
+            ptr(&kwargs),
+            ptr(&options),
+            &mut generation,
+            m,
+        )
+    })?;
+    Ok(generation)
+}
+
+/// One hook on `f`: a fresh session, `body`, free.
+fn in_hook<T>(f: &mut Fake, body: impl FnOnce(*mut SessionHandle) -> T) -> T {
+    let s = new_session(f, FEATURES_CONFIG).unwrap();
+    let out = body(s);
+    free(s);
+    out
+}
+
+#[test]
+fn a_health_gate_waits_through_dispatch_after_and_passes_on_true() {
+    let mut f = relation(&["app/0"]);
+    f.leader = true;
+    f.now = 1_777_636_800_000_000;
+    in_hook(&mut f, |s| {
+        request_lock(
+            s,
+            "restart",
+            Some(r#"{"delay":1}"#),
+            Some(r#"{"health_check":"healthy","health_timeout_seconds":60,"generation_kwarg":"gen"}"#),
+        )
+    })
+    .unwrap();
+    assert_eq!(f.dispatched, [("rollingops_lock_granted".to_string(), 0)]);
+    // The turn: the operation runs (with its generation), then the gate holds the lock and
+    // asks for a hook in 2 s instead of sleeping.
+    f.dispatched.clear();
+    f.answers.insert("healthy".into(), "false".into());
+    in_hook(&mut f, |s| event(s, r#""lock-granted""#)).unwrap();
+    assert_eq!(f.calls.len(), 1, "{:?}", f.calls);
+    assert_eq!(f.calls[0].0, "restart");
+    assert!(f.calls[0].1.contains(r#""gen":"#), "{:?}", f.calls);
+    assert_eq!(
+        f.dispatched,
+        [("rollingops_lock_granted".to_string(), 2000)]
+    );
+    assert_eq!(f.app["granted_unit"], "app/0");
+    // Too early: nothing runs. Once due, the check answers false: retry later.
+    f.dispatched.clear();
+    in_hook(&mut f, |s| event(s, r#""lock-granted""#)).unwrap();
+    assert_eq!(f.calls.len(), 1);
+    f.now += 2_000_000;
+    in_hook(&mut f, |s| event(s, r#""lock-granted""#)).unwrap();
+    assert_eq!(f.calls.last().unwrap().0, "healthy");
+    let (event_name, delay) = f.dispatched.last().cloned().unwrap();
+    assert_eq!(event_name, "rollingops_lock_granted");
+    assert!(delay > 2000, "the back-off grows: {delay}");
+    assert_eq!(f.app["granted_unit"], "app/0");
+    // true passes (a boolean reply is mapped to "true"; Go's health checks send the
+    // string): the lock moves on.
+    f.answers.insert("healthy".into(), "true".into());
+    f.now += i64::from(delay) * 1000;
+    in_hook(&mut f, |s| event(s, r#""lock-granted""#)).unwrap();
+    assert_eq!(f.calls.last().unwrap().0, "healthy");
+    assert!(!f.app.contains_key("granted_unit"), "{:?}", f.app);
+    assert_eq!(f.units["app/0"]["state"], "idle");
+}
+
+#[test]
+fn without_dispatch_after_the_host_error_is_logged_and_the_hook_goes_on() {
+    let mut f = relation(&["app/0"]);
+    f.leader = true;
+    f.answers.insert("healthy".into(), r#""false""#.into());
+    let mut vt = vtable(&mut f);
+    vt.dispatch_after = None;
+    let hook = |f: &mut Fake, body: &dyn Fn(*mut SessionHandle) -> Result<(), (i32, String)>| {
+        let mut session = std::ptr::null_mut();
+        let mut message = std::ptr::null_mut();
+        let vt = HostVtable {
+            user_data: (f as *mut Fake).cast(),
+            ..vt
+        };
+        // SAFETY: valid pointers; `f` outlives the session.
+        let code = unsafe {
+            rollingops_session_new(
+                runtime(),
+                FEATURES_CONFIG.as_ptr(),
+                &vt,
+                &mut session,
+                &mut message,
+            )
+        };
+        assert_eq!(code, code::OK, "{}", take(message));
+        let result = body(session);
+        free(session);
+        result
+    };
+    hook(&mut f, &|s| {
+        request_lock(s, "restart", None, Some(r#"{"health_check":"healthy"}"#))
+    })
+    .unwrap();
+    hook(&mut f, &|s| event(s, r#""lock-granted""#)).unwrap();
+    assert_eq!(f.calls.len(), 1);
+    assert!(
+        f.logs
+            .iter()
+            .any(|l| l.contains("this host cannot dispatch a hook after a delay")),
+        "{:#?}",
+        f.logs
+    );
+    // The gate still holds the lock; update-status (or any later hook) picks it up.
+    assert_eq!(f.app["granted_unit"], "app/0");
+}
+
+#[test]
+fn policy_rank_controls_and_rolls_through_the_c_abi() {
+    let mut f = relation(&["app/0"]);
+    f.leader = true;
+    in_hook(&mut f, |s| {
+        // Every unit (just this one) advertises the features once it has run a hook.
+        event(s, r#""update-status""#)
+    })
+    .unwrap();
+    in_hook(&mut f, |s| {
+        set_policy(
+            s,
+            r#"{"max_concurrent":2,"grant_timeout_seconds":600,"rank_ordering":true}"#,
+        )
+        .unwrap();
+        set_policy(s, "{}").unwrap();
+        assert_eq!(
+            set_policy(s, r#"{"max_concurrent":0}"#).unwrap_err().0,
+            code::INVALID_ARGUMENT
+        );
+        for bad in [r#"{"max_concurrent":-1}"#, r#"{"typo":1}"#, "[]", "nope"] {
+            assert_eq!(set_policy(s, bad).unwrap_err().0, code::BAD_CALL, "{bad}");
+        }
+        // SAFETY: a live session.
+        call(|m| unsafe { rollingops_set_rank(s, -3, m) }).unwrap();
+        assert_eq!(control(s, r#"{"pause":"maintenance"}"#), Ok(1));
+        assert_eq!(control(s, r#"{"pause":"again"}"#), Ok(0));
+        assert_eq!(control(s, r#""resume""#), Ok(1));
+        assert_eq!(control(s, r#""cancel""#), Ok(0));
+        assert_eq!(control(s, r#""force-release""#), Ok(0));
+        assert_eq!(
+            control(s, r#"{"force-release":"app/7"}"#).unwrap_err().0,
+            code::INVALID_ARGUMENT
+        );
+        for bad in [r#""pause""#, r#"{"cancel":1}"#, r#""stop""#, "{}", "nope"] {
+            assert_eq!(control(s, bad).unwrap_err().0, code::BAD_CALL, "{bad}");
+        }
+        // A control without an out-pointer still works.
+        // SAFETY: a live session; NULL `changed` is allowed.
+        call(|m| unsafe { rollingops_control(s, c"\"resume\"".as_ptr(), std::ptr::null_mut(), m) })
+            .unwrap();
+        let generation = start_roll(
+            s,
+            "restart",
+            Some(r#"{"delay":0}"#),
+            Some(r#"{"health_check":"healthy","on_complete":"done"}"#),
+        )
+        .unwrap();
+        assert_eq!(generation, 1);
+        assert_eq!(
+            start_roll(s, "restart", None, None).unwrap_err().0,
+            code::INVALID_ARGUMENT,
+            "a roll is in progress"
+        );
+        assert_eq!(
+            start_roll(s, "restart", None, Some(r#"{"on_complete":7}"#))
+                .unwrap_err()
+                .0,
+            code::BAD_CALL
+        );
+    });
+    assert_eq!(f.units["app/0"]["rollingops-rank"], "-3");
+    assert!(f.app.contains_key("rollingops-roll"), "{:?}", f.app);
+
+    // request-lock's own checks are the component's.
+    let mut g = relation(&["app/0"]);
+    in_hook(&mut g, |s| {
+        assert_eq!(
+            request_lock(s, "restart", None, Some(r#"{"max_retry":-1}"#))
+                .unwrap_err()
+                .0,
+            code::INVALID_LOCK_REQUEST
+        );
+        assert_eq!(
+            request_lock(s, "restart", None, Some(r#"{"health_check":"nope"}"#)),
+            Err((
+                code::INVALID_LOCK_REQUEST,
+                "Unknown health_check callback: nope".into()
+            ))
+        );
+        assert_eq!(
+            request_lock(s, "restart", None, Some(r#"{"health_timeout_seconds":-5}"#))
+                .unwrap_err()
+                .0,
+            code::BAD_CALL
+        );
+        request_lock(s, "restart", None, None).unwrap();
+        request_lock(s, "restart", Some(r#"{"n":2}"#), Some(r#"{"max_retry":2}"#)).unwrap();
+        assert_eq!(control(s, r#"{"cancel":"restart"}"#), Ok(2));
+        // Leader-only calls on a follower.
+        assert_eq!(set_policy(s, "{}").unwrap_err().0, code::INVALID_ARGUMENT);
+        assert_eq!(
+            start_roll(s, "restart", None, None).unwrap_err().0,
+            code::INVALID_ARGUMENT
+        );
+    });
+    // NULL sessions are refused.
+    // SAFETY: NULL is allowed.
+    assert_eq!(
+        call(|m| unsafe { rollingops_set_rank(std::ptr::null_mut(), 1, m) })
+            .unwrap_err()
+            .0,
+        code::BAD_CALL
+    );
+}
+
+#[test]
+fn json_forms_of_the_new_arguments() {
+    let control = |json: &str| format!("{:?}", parse_control(json).unwrap());
+    for (json, expected) in [
+        (r#"{"pause":"why"}"#, Control::Pause("why".into())),
+        (r#""resume""#, Control::Resume),
+        (r#"{"resume":null}"#, Control::Resume),
+        (r#""cancel""#, Control::Cancel(None)),
+        (
+            r#"{"cancel":"restart"}"#,
+            Control::Cancel(Some("restart".into())),
+        ),
+        (r#"{"force-release":null}"#, Control::ForceRelease(None)),
+        (
+            r#"{"force-release":"app/1"}"#,
+            Control::ForceRelease(Some("app/1".into())),
+        ),
+    ] {
+        assert_eq!(control(json), format!("{expected:?}"), "{json}");
+    }
+    assert!(parse_control(r#"{"pause":null}"#).is_err());
+    assert!(parse_control(r#"{"cancel":null,"resume":null}"#).is_err());
+    let policy = parse_policy("{}").unwrap();
+    assert_eq!(
+        (
+            policy.max_concurrent,
+            policy.grant_timeout_seconds,
+            policy.rank_ordering,
+            policy.halt_on_health_failure
+        ),
+        (1, None, false, true)
+    );
+    let options = parse_request_options(None).unwrap();
+    assert_eq!(options.max_retry, None);
+    assert_eq!(options.health_check, None);
+    let options = parse_request_options(Some(
+        r#"{"max_retry":3,"health_check":"h","health_timeout_seconds":9,"generation_kwarg":"g"}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            options.max_retry,
+            options.health_check.as_deref(),
+            options.health_timeout_seconds,
+            options.generation_kwarg.as_deref()
+        ),
+        (Some(3), Some("h"), Some(9), Some("g"))
+    );
+    let roll = parse_roll("r", "{}", Some(r#"{"on_complete":"d"}"#)).unwrap();
+    assert_eq!(roll.on_complete.as_deref(), Some("d"));
+    assert!(parse_roll("r", "{}", Some(r#"{"kwargs":{}}"#)).is_err());
 }

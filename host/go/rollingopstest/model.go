@@ -5,7 +5,9 @@
 // Writes apply at once. Each write that changes a bag queues `relation-changed` on every
 // other unit, and each dispatch queues the dispatched hook on its unit; Next pops them in
 // order (a hook already queued for a unit is not queued twice), so a test can drive an
-// application until it settles:
+// application until it settles. A delayed dispatch (DispatchAfter) waits on the model clock:
+// it is queued once the clock reaches its time, and when nothing else is queued Next moves
+// the clock forward to the earliest one (time passes while the application is idle):
 //
 //	model := rollingopstest.NewModel("restart", "app/0", "app/1", "app/2")
 //	for {
@@ -46,6 +48,7 @@ type Model struct {
 	app        map[string]string
 	bags       map[string]map[string]string
 	pending    []Hook
+	delayed    []delayedHook
 	writes     []Write
 	dispatched []Hook
 	logs       []LogLine
@@ -55,6 +58,13 @@ type Model struct {
 type Hook struct {
 	Unit  string
 	Event rollingops.Event
+	// After is the delay a DispatchAfter asked for (zero for Dispatch and Juju's hooks).
+	After time.Duration
+}
+
+type delayedHook struct {
+	hook Hook
+	due  time.Time
 }
 
 // Write is one relation-set.
@@ -193,10 +203,35 @@ func (m *Model) queue(unit string, ev rollingops.Event) {
 	}
 }
 
+// Delayed lists the delayed dispatches that are not due yet, earliest first.
+func (m *Model) Delayed() []Hook {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hooks := make([]Hook, len(m.delayed))
+	for i, d := range m.delayed {
+		hooks[i] = d.hook
+	}
+	return hooks
+}
+
+// promote queues the delayed hooks that are due; with nothing queued, it first moves the
+// clock to the earliest one.
+func (m *Model) promote() {
+	if len(m.pending) == 0 && len(m.delayed) > 0 && m.now.Before(m.delayed[0].due) {
+		m.now = m.delayed[0].due
+	}
+	for len(m.delayed) > 0 && !m.now.Before(m.delayed[0].due) {
+		d := m.delayed[0]
+		m.delayed = m.delayed[1:]
+		m.queue(d.hook.Unit, d.hook.Event)
+	}
+}
+
 // Next pops the next hook Juju would run.
 func (m *Model) Next() (unit string, ev rollingops.Event, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.promote()
 	if len(m.pending) == 0 {
 		return "", rollingops.Event{}, false
 	}
@@ -210,6 +245,7 @@ func (m *Model) Next() (unit string, ev rollingops.Event, ok bool) {
 func (m *Model) NextRandom(r *rand.Rand) (unit string, ev rollingops.Event, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.promote()
 	if len(m.pending) == 0 {
 		return "", rollingops.Event{}, false
 	}
@@ -235,7 +271,7 @@ func (m *Model) Writes() []Write {
 	return slices.Clone(m.writes)
 }
 
-// Dispatched lists every dispatch so far.
+// Dispatched lists every dispatch so far (delayed ones with their After).
 func (m *Model) Dispatched() []Hook {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -255,7 +291,10 @@ type Unit struct {
 	name  string
 }
 
-var _ rollingops.Juju = (*Unit)(nil)
+var (
+	_ rollingops.Juju              = (*Unit)(nil)
+	_ rollingops.DelayedDispatcher = (*Unit)(nil)
+)
 
 // UnitName is the unit's name.
 func (u *Unit) UnitName() string { return u.name }
@@ -362,6 +401,39 @@ func (u *Unit) Log(level rollingops.LogLevel, message string) {
 // Dispatch queues the hook on this unit (rollingops_lock_granted becomes
 // rollingops.LockGranted).
 func (u *Unit) Dispatch(event string) error {
+	ev, err := hookEvent("dispatch", event)
+	if err != nil {
+		return err
+	}
+	u.model.mu.Lock()
+	defer u.model.mu.Unlock()
+	u.model.dispatched = append(u.model.dispatched, Hook{Unit: u.name, Event: ev})
+	u.model.queue(u.name, ev)
+	return nil
+}
+
+// DispatchAfter queues the hook on this unit once the model clock has moved delay forward
+// (see Next).
+func (u *Unit) DispatchAfter(event string, delay time.Duration) error {
+	ev, err := hookEvent("dispatch-after", event)
+	if err != nil {
+		return err
+	}
+	m := u.model
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := Hook{Unit: u.name, Event: ev, After: delay}
+	m.dispatched = append(m.dispatched, h)
+	d := delayedHook{hook: Hook{Unit: u.name, Event: ev}, due: m.now.Add(delay)}
+	i := len(m.delayed) // after every hook due at the same time or earlier
+	for i > 0 && m.delayed[i-1].due.After(d.due) {
+		i--
+	}
+	m.delayed = slices.Insert(m.delayed, i, d)
+	return nil
+}
+
+func hookEvent(tool, event string) (rollingops.Event, error) {
 	ev, ok := rollingops.EventForHook(rollingops.Config{}, func(key string) string {
 		if key == "JUJU_DISPATCH_PATH" {
 			return "hooks/" + event
@@ -369,13 +441,9 @@ func (u *Unit) Dispatch(event string) error {
 		return ""
 	})
 	if !ok {
-		return fmt.Errorf("dispatch: unknown hook %q", event)
+		return rollingops.Event{}, fmt.Errorf("%s: unknown hook %q", tool, event)
 	}
-	u.model.mu.Lock()
-	defer u.model.mu.Unlock()
-	u.model.dispatched = append(u.model.dispatched, Hook{Unit: u.name, Event: ev})
-	u.model.queue(u.name, ev)
-	return nil
+	return ev, nil
 }
 
 // Now reads the model clock.

@@ -9,8 +9,9 @@
 //!   `{"id":N,"result":…}` or `{"id":N,"error":{…}}` before the request completes.
 //!
 //! With `--hook-tools` the bridge carries the Juju imports itself (hook tools, as in
-//! [`crate::juju`]) and forwards only the charm's code: `run-callback` and
-//! `sync-backend-*`. The bridge decides nothing; it translates.
+//! [`crate::juju`]; `dispatch-after` as a detached sleep, then `juju-exec`) and forwards
+//! only the charm's code: `run-callback` and `sync-backend-*`. The bridge decides nothing;
+//! it translates.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,8 +23,8 @@ use serde_json::{Map, Value, json};
 
 use crate::bindings::juju::rollingops::charm::SyncBackendError;
 use crate::bindings::juju::rollingops::types::{
-    BagOwner, CallbackOutcome, Config, Error as WitError, Event, LogLevel, ProcessingBackend,
-    State, Status,
+    BagOwner, CallbackOutcome, Config, Control, Error as WitError, Event, LogLevel, Policy,
+    ProcessingBackend, RequestOptions, RollRequest, State, Status,
 };
 use crate::charm::{DEFAULT_BASE_DIR, HookEnv};
 use crate::host::Host;
@@ -32,7 +33,7 @@ use crate::runtime::{self, Runtime, Session};
 use crate::sandbox::Sandbox;
 
 /// The protocol version announced in the `hello` line.
-pub const PROTOCOL_VERSION: u64 = 1;
+pub const PROTOCOL_VERSION: u64 = 2;
 
 const AFTER_HELP: &str = "Examples:
   rollingops bridge                  every import is forwarded to the client
@@ -46,7 +47,8 @@ The protocol (one JSON object per line, both ways) is documented in host/BRIDGE.
 #[command(after_help = AFTER_HELP)]
 pub struct BridgeCommand {
     /// Carry the Juju imports (identity, leadership, relation data, secrets, logs,
-    /// dispatch) with the hook tools; forward only run-callback and sync-backend-*.
+    /// dispatch, dispatch-after) with the hook tools; forward only run-callback and
+    /// sync-backend-*.
     #[arg(long)]
     pub hook_tools: bool,
     /// Forward the clock too (`now-micros`, `sleep-ms`), for deterministic clients.
@@ -303,7 +305,7 @@ impl CharmCode for ClientCharm {
             Ok(Value::String(missing)) if missing == "missing" => CallbackOutcome::Missing,
             Ok(result) => {
                 if let Some(returned) = result.get("returned") {
-                    CallbackOutcome::Returned(returned.as_str().map(str::to_string))
+                    CallbackOutcome::Returned(returned_value(returned))
                 } else if let Some(raised) = result.get("raised") {
                     CallbackOutcome::Raised(match raised {
                         Value::String(s) => s.clone(),
@@ -338,6 +340,16 @@ impl CharmCode for ClientCharm {
             "sync-backend-release",
             json!({"backend_id": id}),
         ))
+    }
+}
+
+/// A callback's returned value as the component takes it: a string as is, a boolean as
+/// `"true"`/`"false"` (what a health check returns), anything else as none.
+fn returned_value(returned: &Value) -> Option<String> {
+    match returned {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -502,6 +514,14 @@ impl Host for ClientHost {
         self.juju("dispatch", json!({"event": event})).map(|_| ())
     }
 
+    fn dispatch_after(&mut self, event: &str, delay_ms: u32) -> Result<(), WitError> {
+        self.juju(
+            "dispatch-after",
+            json!({"event": event, "delay_ms": delay_ms}),
+        )
+        .map(|_| ())
+    }
+
     fn now_micros(&mut self) -> i64 {
         if !self.client_clock {
             return system_micros();
@@ -564,6 +584,10 @@ struct Failure(Value);
 impl Failure {
     fn protocol(message: impl Into<String>) -> Self {
         Failure(json!({"kind": "protocol", "class": null, "message": message.into()}))
+    }
+
+    fn into_message(self) -> String {
+        self.0["message"].as_str().unwrap_or_default().to_string()
     }
 }
 
@@ -634,6 +658,96 @@ fn params_opt_u32(params: &Value, key: &str) -> Result<Option<u32>, Failure> {
     }
 }
 
+fn params_opt_i64(params: &Value, key: &str) -> Result<Option<i64>, Failure> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| Failure::protocol(format!("params.{key} must be an integer or null"))),
+    }
+}
+
+fn params_bool(params: &Value, key: &str, default: bool) -> Result<bool, Failure> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(Failure::protocol(format!(
+            "params.{key} must be a boolean or null"
+        ))),
+    }
+}
+
+/// The kwargs of a request: a JSON object, as text (default `{}`); the component checks
+/// that it is an object.
+fn params_kwargs(params: &Value) -> String {
+    params
+        .get("kwargs")
+        .cloned()
+        .unwrap_or(json!({}))
+        .to_string()
+}
+
+/// Parse `request-lock`'s options (the params beside `callback_id` and `kwargs`).
+pub fn parse_request_options(params: &Value) -> Result<RequestOptions, String> {
+    let parse = || -> Result<RequestOptions, Failure> {
+        Ok(RequestOptions {
+            max_retry: params_opt_i64(params, "max_retry")?,
+            health_check: params_opt_str(params, "health_check")?,
+            health_timeout_seconds: params_opt_u32(params, "health_timeout_seconds")?,
+            generation_kwarg: params_opt_str(params, "generation_kwarg")?,
+        })
+    };
+    parse().map_err(Failure::into_message)
+}
+
+/// Parse `set-policy`'s params; absent keys take the WIT defaults.
+pub fn parse_policy(params: &Value) -> Result<Policy, String> {
+    let parse = || -> Result<Policy, Failure> {
+        Ok(Policy {
+            max_concurrent: params_opt_u32(params, "max_concurrent")?.unwrap_or(1),
+            grant_timeout_seconds: params_opt_u32(params, "grant_timeout_seconds")?,
+            rank_ordering: params_bool(params, "rank_ordering", false)?,
+            halt_on_health_failure: params_bool(params, "halt_on_health_failure", true)?,
+        })
+    };
+    parse().map_err(Failure::into_message)
+}
+
+/// Parse `control`'s params: `{"action":"pause","reason":S}`, `{"action":"resume"}`,
+/// `{"action":"cancel","callback_id":S?}`, `{"action":"force-release","unit":S?}`.
+pub fn parse_control(params: &Value) -> Result<Control, String> {
+    let parse = || -> Result<Control, Failure> {
+        let action = params_str(params, "action")?;
+        Ok(match action {
+            "pause" => Control::Pause(params_opt_str(params, "reason")?.unwrap_or_default()),
+            "resume" => Control::Resume,
+            "cancel" => Control::Cancel(params_opt_str(params, "callback_id")?),
+            "force-release" => Control::ForceRelease(params_opt_str(params, "unit")?),
+            other => {
+                return Err(Failure::protocol(format!(
+                    "unknown control action {other:?} (pause, resume, cancel, force-release)"
+                )));
+            }
+        })
+    };
+    parse().map_err(Failure::into_message)
+}
+
+/// Parse `start-roll`'s params.
+pub fn parse_roll(params: &Value) -> Result<RollRequest, String> {
+    let parse = || -> Result<RollRequest, Failure> {
+        Ok(RollRequest {
+            callback_id: params_str(params, "callback_id")?.to_string(),
+            kwargs_json: params_kwargs(params),
+            health_check: params_opt_str(params, "health_check")?,
+            health_timeout_seconds: params_opt_u32(params, "health_timeout_seconds")?,
+            on_complete: params_opt_str(params, "on_complete")?,
+        })
+    };
+    parse().map_err(Failure::into_message)
+}
+
 /// Parse `create`'s `config`.
 pub fn parse_config(value: &Value) -> Result<Config, String> {
     let config = value.get("config").unwrap_or(value);
@@ -648,7 +762,7 @@ pub fn parse_config(value: &Value) -> Result<Config, String> {
             sync_lock_ids: params_strings(config, "sync_lock_ids")?,
         })
     };
-    parse().map_err(|Failure(v)| v["message"].as_str().unwrap_or_default().to_string())
+    parse().map_err(Failure::into_message)
 }
 
 /// Parse an event: `{"event":"peer-relation-departed","unit":"app/2"}` and friends.
@@ -888,6 +1002,33 @@ impl Bridge {
                 session.request_async_lock(callback_id, &kwargs.to_string(), max_retry)?;
                 Ok(Value::Null)
             }
+            "request-lock" => {
+                let callback_id = params_str(params, "callback_id")?;
+                let options = parse_request_options(params).map_err(Failure::protocol)?;
+                session.request_lock(callback_id, &params_kwargs(params), &options)?;
+                Ok(Value::Null)
+            }
+            "set-policy" => {
+                let policy = parse_policy(params).map_err(Failure::protocol)?;
+                session.set_policy(&policy)?;
+                Ok(Value::Null)
+            }
+            "set-rank" => {
+                let rank = params
+                    .get("rank")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| Failure::protocol("params.rank must be an integer"))?;
+                session.set_rank(rank)?;
+                Ok(Value::Null)
+            }
+            "control" => {
+                let action = parse_control(params).map_err(Failure::protocol)?;
+                Ok(json!(session.control(&action)?))
+            }
+            "start-roll" => {
+                let roll = parse_roll(params).map_err(Failure::protocol)?;
+                Ok(json!(session.start_roll(&roll)?))
+            }
             "handle-event" => {
                 let event = parse_event(params).map_err(Failure::protocol)?;
                 session.handle_event(&event)?;
@@ -973,6 +1114,83 @@ mod tests {
         }
         assert!(parse_event(&json!({"event": "peer-relation-departed"})).is_err());
         assert!(parse_event(&json!({"event": "bogus"})).is_err());
+    }
+
+    #[test]
+    fn issue_8_params_parse_with_their_defaults() {
+        let options = parse_request_options(&json!({"callback_id": "x"})).unwrap();
+        assert_eq!(
+            format!("{options:?}"),
+            format!(
+                "{:?}",
+                RequestOptions {
+                    max_retry: None,
+                    health_check: None,
+                    health_timeout_seconds: None,
+                    generation_kwarg: None,
+                }
+            )
+        );
+        let options = parse_request_options(&json!({"max_retry": -1, "health_check": "h",
+            "health_timeout_seconds": 5, "generation_kwarg": "g"}))
+        .unwrap();
+        assert_eq!(options.max_retry, Some(-1));
+        assert_eq!(options.health_timeout_seconds, Some(5));
+        assert!(parse_request_options(&json!({"health_timeout_seconds": -1})).is_err());
+        assert!(parse_request_options(&json!({"max_retry": 1.5})).is_err());
+
+        let policy = parse_policy(&json!({})).unwrap();
+        assert_eq!(
+            (
+                policy.max_concurrent,
+                policy.grant_timeout_seconds,
+                policy.rank_ordering,
+                policy.halt_on_health_failure
+            ),
+            (1, None, false, true)
+        );
+        assert!(parse_policy(&json!({"rank_ordering": 1})).is_err());
+
+        let control = |params: Value| format!("{:?}", parse_control(&params).unwrap());
+        assert_eq!(
+            control(json!({"action": "pause", "reason": "why"})),
+            format!("{:?}", Control::Pause("why".into()))
+        );
+        assert_eq!(
+            control(json!({"action": "pause"})),
+            format!("{:?}", Control::Pause(String::new()))
+        );
+        assert_eq!(
+            control(json!({"action": "resume"})),
+            format!("{:?}", Control::Resume)
+        );
+        assert_eq!(
+            control(json!({"action": "cancel", "callback_id": "restart"})),
+            format!("{:?}", Control::Cancel(Some("restart".into())))
+        );
+        assert_eq!(
+            control(json!({"action": "force-release"})),
+            format!("{:?}", Control::ForceRelease(None))
+        );
+        assert!(parse_control(&json!({"action": "stop"})).is_err());
+        assert!(parse_control(&json!({"action": "cancel", "callback_id": 3})).is_err());
+
+        let roll = parse_roll(&json!({"callback_id": "restart", "on_complete": "done"})).unwrap();
+        assert_eq!(roll.kwargs_json, "{}");
+        assert_eq!(roll.on_complete.as_deref(), Some("done"));
+        assert!(parse_roll(&json!({})).is_err());
+    }
+
+    #[test]
+    fn returned_booleans_become_health_answers() {
+        assert_eq!(returned_value(&json!(true)).as_deref(), Some("true"));
+        assert_eq!(returned_value(&json!(false)).as_deref(), Some("false"));
+        assert_eq!(
+            returned_value(&json!("retry-hold")).as_deref(),
+            Some("retry-hold")
+        );
+        assert_eq!(returned_value(&json!(3)), None);
+        assert_eq!(returned_value(&Value::Null), None);
     }
 
     #[test]
