@@ -253,6 +253,18 @@ struct Peer {
     remotes: Vec<UnitRecord>,
 }
 
+impl Peer {
+    /// A remote unit's decoded bag, if it was read (binary search: `remotes` is in unit
+    /// order, and the leader looks units up once per unit per pass).
+    fn record(&self, name: &str) -> Option<&UnitRecord> {
+        let key = wire::unit_order_key(name);
+        self.remotes
+            .binary_search_by(|r| wire::unit_order_key(&r.name).cmp(&key))
+            .ok()
+            .map(|i| &self.remotes[i])
+    }
+}
+
 enum Execution {
     /// A callback runs; the manager waits for its result.
     CallbackStarted,
@@ -279,6 +291,9 @@ pub struct Manager {
     /// Units whose grant was reclaimed in this hook (forced or timed out): not granted
     /// again in this hook, so the lock really moves on.
     reclaimed: Vec<String>,
+    /// The leader's engaged feature set, computed once per hook (remote bags do not change
+    /// within a hook).
+    engaged: std::cell::OnceCell<crate::features::FeatureSet>,
     etcd: Option<EtcdContext>,
     etcd_relation: Option<EtcdRelation>,
     relation_flow: etcd_relation::RelationFlow,
@@ -343,6 +358,7 @@ impl Manager {
             awaiting_health: None,
             awaiting_roll_notice: false,
             reclaimed: Vec::new(),
+            engaged: std::cell::OnceCell::new(),
             etcd: context.etcd,
             etcd_relation: context.etcd_relation,
             relation_flow: Default::default(),
@@ -354,6 +370,7 @@ impl Manager {
 
     /// Add a remote unit's bag read after construction (for [`Manager::is_waiting`]).
     pub fn add_remote_bag(&mut self, unit: &str, bag: &Bag) {
+        self.engaged = std::cell::OnceCell::new();
         if let Some(peer) = self.peer.as_mut() {
             peer.remotes.retain(|r| r.name != unit);
             peer.remotes.push(UnitRecord::decode(unit, bag));
@@ -367,7 +384,7 @@ impl Manager {
         self.peer.as_ref().map_or_else(Vec::new, |p| {
             p.remote_units
                 .iter()
-                .filter(|u| !p.remotes.iter().any(|r| &r.name == *u))
+                .filter(|u| p.record(u).is_none())
                 .cloned()
                 .collect()
         })
@@ -375,9 +392,9 @@ impl Manager {
 
     /// Whether `unit` is a remote unit whose bag has not been read.
     pub fn needs_remote_bag(&self, unit: &str) -> bool {
-        self.peer.as_ref().is_some_and(|p| {
-            p.remote_units.contains(unit) && !p.remotes.iter().any(|r| r.name == unit)
-        })
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.remote_units.contains(unit) && p.record(unit).is_none())
     }
 
     /// Next piece of work for the host.
@@ -562,6 +579,7 @@ impl Manager {
                 let peer = self.peer.as_mut().expect("checked above");
                 peer.remote_units.remove(&departing);
                 peer.remotes.retain(|r| r.name != departing);
+                self.engaged = std::cell::OnceCell::new();
                 self.advance(true);
             }
             Event::LockGranted | Event::UpdateStatus if !self.local_record().peer_managed() => {
@@ -762,7 +780,7 @@ impl Manager {
             "units": units,
             "etcd": self.describe_etcd(),
             "remote_units_not_read": peer.remote_units.iter()
-                .filter(|u| !peer.remotes.iter().any(|r| &r.name == *u)).collect::<Vec<_>>(),
+                .filter(|u| peer.record(u).is_none()).collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -960,7 +978,7 @@ impl Manager {
         if !peer.remote_units.contains(&grant.unit) {
             return None;
         }
-        let found = peer.remotes.iter().find(|r| r.name == grant.unit).cloned();
+        let found = peer.record(&grant.unit).cloned();
         Some(found.unwrap_or_else(|| UnitRecord::decode(&grant.unit, &Bag::new())))
     }
 

@@ -89,17 +89,18 @@ impl Manager {
         if !self.leader {
             return features::decode_features(&peer.app);
         }
-        let mut engaged: FeatureSet = Feature::ALL.into_iter().collect();
-        for unit in &peer.remote_units {
-            let theirs = peer
-                .remotes
-                .iter()
-                .find(|r| &r.name == unit)
-                .map(|r| r.features.clone())
-                .unwrap_or_default();
-            engaged.retain(|f| theirs.contains(f));
-        }
-        engaged
+        self.engaged
+            .get_or_init(|| {
+                let mut engaged: FeatureSet = Feature::ALL.into_iter().collect();
+                for unit in &peer.remote_units {
+                    match peer.record(unit) {
+                        Some(record) => engaged.retain(|f| record.features.contains(f)),
+                        None => engaged.clear(),
+                    }
+                }
+                engaged
+            })
+            .clone()
     }
 
     /// Units on the relation that do not support `feature` (leader's view).
@@ -111,9 +112,8 @@ impl Manager {
             .iter()
             .filter(|u| {
                 !peer
-                    .remotes
-                    .iter()
-                    .any(|r| &r.name == *u && r.features.contains(&feature))
+                    .record(u)
+                    .is_some_and(|r| r.features.contains(&feature))
             })
             .cloned()
             .collect()

@@ -101,11 +101,7 @@ impl Manager {
             pending.push(self.unit.clone());
         }
         for unit in &peer.remote_units {
-            let done = peer
-                .remotes
-                .iter()
-                .find(|r| &r.name == unit)
-                .is_some_and(|r| r.roll.done >= generation);
+            let done = peer.record(unit).is_some_and(|r| r.roll.done >= generation);
             if !done {
                 pending.push(unit.clone());
             }
