@@ -18,7 +18,7 @@
 //! * app `rollingops-paused` — `{since, reason}` while grants are paused;
 //! * app `rollingops-roll` — the current application-wide roll.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
@@ -86,8 +86,69 @@ impl Feature {
     }
 }
 
-/// A set of features.
-pub type FeatureSet = BTreeSet<Feature>;
+/// A set of features (a bit set: every unit's record carries one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeatureSet(u8);
+
+impl FeatureSet {
+    /// The empty set.
+    pub fn new() -> Self {
+        FeatureSet(0)
+    }
+
+    fn bit(feature: Feature) -> u8 {
+        1 << (feature as u8)
+    }
+
+    /// Whether `feature` is in the set.
+    pub fn contains(&self, feature: &Feature) -> bool {
+        self.0 & Self::bit(*feature) != 0
+    }
+
+    /// Add `feature`.
+    pub fn insert(&mut self, feature: Feature) {
+        self.0 |= Self::bit(feature);
+    }
+
+    /// Keep the features `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Feature) -> bool) {
+        for feature in Feature::ALL {
+            if self.contains(&feature) && !keep(&feature) {
+                self.0 &= !Self::bit(feature);
+            }
+        }
+    }
+
+    /// Remove everything.
+    pub fn clear(&mut self) {
+        self.0 = 0;
+    }
+
+    /// The features, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = Feature> + '_ {
+        Feature::ALL.into_iter().filter(|f| self.contains(f))
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<Feature> for FeatureSet {
+    fn from_iter<I: IntoIterator<Item = Feature>>(iter: I) -> Self {
+        let mut set = FeatureSet::new();
+        for feature in iter {
+            set.insert(feature);
+        }
+        set
+    }
+}
 
 /// The value this library advertises in its unit bag.
 pub fn advertised() -> String {

@@ -265,11 +265,17 @@ impl LockState {
     /// `last_seq`. The oldest grant becomes the one old units see; with a single holder
     /// the record is exactly the one-holder format.
     pub fn pairs(holders: &[Grant], last_seq: u64) -> Vec<(String, String)> {
-        let mut holders: Vec<&Grant> = holders.iter().collect();
-        holders.sort_by_key(|g| g.seq.unwrap_or(0));
-        let Some((primary, extra)) = holders.split_first() else {
+        // The oldest grant is the one old units see; the others keep their order.
+        let Some(first) = (0..holders.len()).min_by_key(|&i| holders[i].seq.unwrap_or(0)) else {
             return release_pairs(last_seq);
         };
+        let primary = &holders[first];
+        let extra: Vec<&Grant> = holders
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first)
+            .map(|(_, g)| g)
+            .collect();
         let seq = primary.seq.unwrap_or(0);
         let mut record = json!({"seq": seq, "unit": primary.unit, "at": primary.at_raw});
         if last_seq > seq {
