@@ -89,18 +89,16 @@ impl Manager {
         if !self.leader {
             return features::decode_features(&peer.app);
         }
-        self.engaged
-            .get_or_init(|| {
-                let mut engaged: FeatureSet = Feature::ALL.into_iter().collect();
-                for unit in &peer.remote_units {
-                    match peer.record(unit) {
-                        Some(record) => engaged.retain(|f| record.features.contains(f)),
-                        None => engaged.clear(),
-                    }
+        *self.engaged.get_or_init(|| {
+            let mut engaged: FeatureSet = Feature::ALL.into_iter().collect();
+            for unit in &peer.remote_units {
+                match peer.record(unit) {
+                    Some(record) => engaged.retain(|f| record.features.contains(f)),
+                    None => engaged.clear(),
                 }
-                engaged
-            })
-            .clone()
+            }
+            engaged
+        })
     }
 
     /// Units on the relation that do not support `feature` (leader's view).
