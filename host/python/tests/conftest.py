@@ -31,12 +31,15 @@ def _charm_setup(session_base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.fixture
-def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Record `juju-exec` dispatches as (unit, hook) instead of spawning processes."""
-    calls: list[tuple[str, str]] = []
+def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Record `juju-exec` dispatches as (unit, hook), or (unit, hook, delay_ms) when delayed,
+    instead of spawning processes."""
+    calls: list[tuple[Any, ...]] = []
 
-    def spawn(unit_name: str, charm_dir: str, event_name: str, base_dir: str) -> None:
-        calls.append((unit_name, event_name))
+    def spawn(
+        unit_name: str, charm_dir: str, event_name: str, base_dir: str, delay_ms: int = 0
+    ) -> None:
+        calls.append((unit_name, event_name, delay_ms) if delay_ms else (unit_name, event_name))
 
     monkeypatch.setattr('rollingops._host.spawn_dispatch', spawn)
     return calls

@@ -17,7 +17,7 @@ from wasmtime.component import Variant
 
 import rollingops
 from charm import ACTIONS, CALLS, META, RollingOpsCharm
-from conftest import op, queue
+from conftest import lock_granted, op, queue
 from rollingops import _errors, _host, _runtime
 
 
@@ -296,6 +296,45 @@ def test_missing_juju_exec_is_logged_not_fatal(
     assert 'juju-exec not found' in caplog.text
 
 
+def test_dispatch_after_waits_in_a_detached_process(fake_juju_exec: Path, tmp_path: Path):
+    base = tmp_path / 'base'
+    started = time.monotonic()
+    _host.spawn_dispatch(
+        'charm/0',
+        '/var/lib/juju/agents/unit-charm-0/charm',
+        'rollingops_lock_granted',
+        str(base),
+        delay_ms=600,
+    )
+    # The hook goes on at once; the waiting happens in the child.
+    assert time.monotonic() - started < 0.3
+    time.sleep(0.2)
+    assert not fake_juju_exec.exists()
+    for _ in range(200):
+        if fake_juju_exec.exists():
+            break
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 0.6
+    assert fake_juju_exec.read_text().splitlines() == [
+        '-u',
+        'charm/0',
+        'JUJU_DISPATCH_PATH=hooks/rollingops_lock_granted '
+        '/var/lib/juju/agents/unit-charm-0/charm/dispatch',
+        'JUJU_CONTEXT_ID=unset',
+    ]
+
+
+def test_dispatch_command_quotes_odd_charm_dirs():
+    import shlex
+
+    assert (
+        _host.dispatch_command('/var/lib/juju/agents/unit-app-0/charm', 'x')
+        == 'JUJU_DISPATCH_PATH=hooks/x /var/lib/juju/agents/unit-app-0/charm/dispatch'
+    )
+    command = _host.dispatch_command("/tmp/it's here", 'x')
+    assert shlex.split(command) == ['JUJU_DISPATCH_PATH=hooks/x', "/tmp/it's here/dispatch"]
+
+
 def host_of(mgr: testing.Manager) -> _host.Host:
     return mgr.charm.rollingops._host  # type: ignore[attr-defined]
 
@@ -306,6 +345,47 @@ def test_dispatch_refuses_odd_hook_names():
         result = host_of(mgr).dispatch('x; rm -rf /')
     assert isinstance(result, Variant)
     assert result.tag == 'host'
+    with ctx(ctx.on.update_status(), testing.State()) as mgr:
+        result = host_of(mgr).dispatch_after('$(reboot)', 1000)
+    assert isinstance(result, Variant)
+    assert result.tag == 'host'
+
+
+def test_host_dispatch_after_passes_the_delay(monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple[str, str, int]] = []
+
+    def spawn(
+        unit_name: str, charm_dir: str, event_name: str, base_dir: str, delay_ms: int = 0
+    ) -> None:
+        calls.append((unit_name, event_name, delay_ms))
+
+    monkeypatch.setattr(_host, 'spawn_dispatch', spawn)
+    ctx = context()
+    with ctx(ctx.on.update_status(), testing.State()) as mgr:
+        assert host_of(mgr).dispatch_after('rollingops_lock_granted', 2500) is None
+        assert host_of(mgr).dispatch('rollingops_lock_granted') is None
+    assert calls == [
+        ('charm/0', 'rollingops_lock_granted', 2500),
+        ('charm/0', 'rollingops_lock_granted', 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ('value', 'text'),
+    [
+        (True, 'true'),
+        (False, 'false'),
+        ('true', 'true'),
+        (rollingops.OperationResult.RETRY_HOLD, 'retry-hold'),
+        (None, None),
+        (1, None),
+        (0, None),
+        ([True], None),
+    ],
+)
+def test_callback_results_reach_the_component_as_text(value: object, text: str | None):
+    # Booleans (health checks) become "true"/"false"; other non-strings stay None.
+    assert _host._returned_text(value) == text
 
 
 # -- imports: files and etcdctl (the sandbox) ----------------------------------------------------
@@ -415,3 +495,17 @@ def test_callback_log_lines_reach_the_python_logger(caplog: pytest.LogCaptureFix
         ctx.run(ctx.on.action('restart'), testing.State(relations={peer}))
     assert 'Queued "_restart"' in caplog.text
     assert CALLS == []
+
+
+def test_health_gate_dispatches_its_recheck_after_a_delay(dispatched: list[tuple]):
+    ctx = context()
+    peer = testing.PeerRelation('restart')
+    with ctx(ctx.on.update_status(), testing.State(leader=True, relations={peer})) as mgr:
+        # `_deferred_restart` returns "retry-hold", not True: the check never passes.
+        mgr.charm.rollingops.request_async_lock('_restart', health_check='_deferred_restart')
+        out = mgr.run()
+    assert dispatched == [('charm/0', 'rollingops_lock_granted')]
+    out = ctx.run(lock_granted(), out)  # the turn: `_restart` runs, the gate opens
+    assert [c['callback'] for c in CALLS] == ['_restart']
+    assert dispatched[-1] == ('charm/0', 'rollingops_lock_granted', 2000)
+    assert out.get_relation(peer.id).local_app_data['granted_unit'] == 'charm/0'

@@ -32,7 +32,10 @@ NEW, REF = RollingOpsCharm, ReferenceCharm
 def cluster_dispatch(monkeypatch: pytest.MonkeyPatch) -> list[Cluster]:
     holder: list[Cluster] = []
 
-    def spawn(unit_name: str, charm_dir: str, event_name: str, base_dir: str) -> None:
+    def spawn(
+        unit_name: str, charm_dir: str, event_name: str, base_dir: str, delay_ms: int = 0
+    ) -> None:
+        assert delay_ms == 0, 'these tests use no delayed dispatch'
         holder[0].dispatch(unit_name, event_name)
 
     def start_worker(self: _worker.PeerRollingOpsAsyncWorker) -> None:

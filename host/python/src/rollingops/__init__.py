@@ -48,11 +48,27 @@ from ._models import (
     RollingOpsStatus,
     SyncLockBackend,
 )
+from ._status import (
+    HealthGateStatus,
+    Holder,
+    PauseStatus,
+    Policy,
+    QueuedOperation,
+    RollingOpsSnapshot,
+    RollProgress,
+    UnitSnapshot,
+)
 from ._version import __version__ as __version__
 
 __all__ = (
+    'HealthGateStatus',
+    'Holder',
     'OperationResult',
+    'PauseStatus',
+    'Policy',
     'ProcessingBackend',
+    'QueuedOperation',
+    'RollProgress',
     'RollingOpsDecodingError',
     'RollingOpsError',
     'RollingOpsEtcdNotConfiguredError',
@@ -68,8 +84,10 @@ __all__ = (
     'RollingOpsManager',
     'RollingOpsNoEtcdRelationError',
     'RollingOpsNoRelationError',
+    'RollingOpsSnapshot',
     'RollingOpsState',
     'RollingOpsStatus',
     'RollingOpsSyncLockError',
     'SyncLockBackend',
+    'UnitSnapshot',
 )

@@ -14,11 +14,13 @@ wasmtime-py maps WIT values to Python as follows, and the return values below fo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -71,14 +73,25 @@ def find_juju_exec() -> str | None:
     return None
 
 
-def spawn_dispatch(unit_name: str, charm_dir: str, event_name: str, base_dir: str) -> None:
+def spawn_dispatch(
+    unit_name: str, charm_dir: str, event_name: str, base_dir: str, delay_ms: int = 0
+) -> None:
     """Start ``juju-exec`` detached so that it runs hook ``event_name`` after this hook.
 
     ``juju-exec`` waits for the unit's hook lock, so the new hook starts once the current one
-    has finished; this function returns at once and never sleeps. The child gets a new session,
-    no standard input, its output appended to ``<base_dir>/rollingops_dispatch.log`` (or
-    discarded when base_dir is not writable), and the hook's environment without
+    has finished; this function returns at once and never sleeps. With ``delay_ms``, the
+    detached process first waits that long (``/bin/sh -c 'sleep "$0" && exec "$@"'``), so the
+    hook starts no sooner than ``delay_ms`` milliseconds from now. The child gets a new
+    session, no standard input, its output appended to ``<base_dir>/rollingops_dispatch.log``
+    (or discarded when base_dir is not writable), and the hook's environment without
     ``JUJU_CONTEXT_ID``.
+
+    Args:
+        unit_name: The unit whose hook runs (``app/0``).
+        charm_dir: The charm directory holding ``dispatch``.
+        event_name: The hook name (checked by the caller).
+        base_dir: Where the dispatch log goes.
+        delay_ms: Milliseconds to wait before running ``juju-exec`` (0: at once).
 
     Raises:
         FileNotFoundError: ``juju-exec`` is not installed.
@@ -87,7 +100,11 @@ def spawn_dispatch(unit_name: str, charm_dir: str, event_name: str, base_dir: st
     juju_exec = find_juju_exec()
     if juju_exec is None:
         raise FileNotFoundError('juju-exec not found on PATH, in /usr/bin or in /charm/bin')
-    command = f'JUJU_DISPATCH_PATH=hooks/{event_name} {charm_dir}/dispatch'
+    command = dispatch_command(charm_dir, event_name)
+    argv = [juju_exec, '-u', unit_name, command]
+    if delay_ms > 0:
+        seconds = f'{delay_ms // 1000}.{delay_ms % 1000:03d}'
+        argv = ['/bin/sh', '-c', 'sleep "$0" && exec "$@"', seconds, *argv]
     env = {k: v for k, v in os.environ.items() if k != 'JUJU_CONTEXT_ID'}
     output: Any = subprocess.DEVNULL
     try:
@@ -99,7 +116,7 @@ def spawn_dispatch(unit_name: str, charm_dir: str, event_name: str, base_dir: st
         )
     try:
         subprocess.Popen(
-            [juju_exec, '-u', unit_name, command],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
@@ -113,8 +130,50 @@ def spawn_dispatch(unit_name: str, charm_dir: str, event_name: str, base_dir: st
             output.close()
 
 
+def dispatch_command(charm_dir: str, event_name: str) -> str:
+    """The shell command ``juju-exec`` runs: ``JUJU_DISPATCH_PATH=hooks/<event> <dir>/dispatch``.
+
+    The charm directory is quoted only when it holds characters a shell would interpret.
+    """
+    return f'JUJU_DISPATCH_PATH=hooks/{event_name} {shlex.quote(f"{charm_dir}/dispatch")}'
+
+
+@dataclasses.dataclass
+class Seam:
+    """Replacements for the clock and for ``juju-exec``, installed by ``rollingops.testing``.
+
+    Attributes:
+        now_micros: Returns the current time in microseconds since the epoch.
+        dispatch: Receives ``(unit, event, delay_ms)`` instead of a ``juju-exec`` process.
+        callback: Told ``(unit, callback_id, kwargs_json, outcome)`` after each callback, where
+            ``outcome`` is the returned text (or None) or the raised exception.
+    """
+
+    now_micros: Callable[[], int] | None = None
+    dispatch: Callable[[str, str, int], None] | None = None
+    callback: Callable[[str, str, str, object], None] | None = None
+
+
+SEAMS: list[Seam] = []
+"""Installed seams, innermost last; empty outside ``rollingops.testing``."""
+
+
+def _seam(name: str) -> Any:
+    """The innermost installed replacement called ``name``, or None."""
+    for seam in reversed(SEAMS):
+        found = getattr(seam, name)
+        if found is not None:
+            return found
+    return None
+
+
 def _returned_text(value: object) -> str | None:
-    """The string a callback returned (enum members by value), or None for anything else."""
+    """The string a callback returned (enum members by value), or None for anything else.
+
+    Booleans become ``"true"``/``"false"``: health checks pass only on ``"true"``.
+    """
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
     if isinstance(value, enum.Enum):
         inner = value.value
         return inner if isinstance(inner, str) else None
@@ -270,20 +329,37 @@ class Host:
         logger.log(_LEVELS.get(level, logging.INFO), '%s', message)
 
     def dispatch(self, event_name: str) -> Variant | None:
+        return self.dispatch_after(event_name, 0)
+
+    def dispatch_after(self, event_name: str, delay_ms: int) -> Variant | None:
         if not _HOOK_NAME.match(event_name):
             return _err('host', f'refusing to dispatch {event_name!r}: not a hook name')
+        unit = self._model.unit.name
+        dispatch = _seam('dispatch')
+        if dispatch is not None:
+            dispatch(unit, event_name, delay_ms)
+            return None
         try:
-            spawn_dispatch(
-                self._model.unit.name, str(self._charm.charm_dir), event_name, self.base_dir
-            )
+            if delay_ms > 0:
+                spawn_dispatch(
+                    unit, str(self._charm.charm_dir), event_name, self.base_dir, delay_ms=delay_ms
+                )
+            else:
+                spawn_dispatch(unit, str(self._charm.charm_dir), event_name, self.base_dir)
         except OSError as e:
             return _err('host', f'juju-exec {event_name} could not be started: {e}')
-        logger.debug('Dispatched %s through juju-exec.', event_name)
+        if delay_ms > 0:
+            logger.debug('Dispatching %s through juju-exec in %d ms.', event_name, delay_ms)
+        else:
+            logger.debug('Dispatched %s through juju-exec.', event_name)
         return None
 
     # -- clock -----------------------------------------------------------------------------
 
     def now_micros(self) -> int:
+        now_micros = _seam('now_micros')
+        if now_micros is not None:
+            return int(now_micros())
         return time.time_ns() // 1000
 
     def sleep_ms(self, ms: int) -> None:
@@ -423,12 +499,18 @@ class Host:
         target = self._callbacks.get(callback_id)
         if target is None:
             return Variant('missing')
+        observe = _seam('callback')
         try:
             kwargs = json.loads(kwargs_json)
             value = target(**kwargs)
-        except Exception:
+        except Exception as e:
+            if observe is not None:
+                observe(self._model.unit.name, callback_id, kwargs_json, e)
             return Variant('raised', traceback.format_exc().rstrip())
-        return Variant('returned', _returned_text(value))
+        text = _returned_text(value)
+        if observe is not None:
+            observe(self._model.unit.name, callback_id, kwargs_json, text)
+        return Variant('returned', text)
 
     def sync_backend_acquire(self, backend_id: str, timeout: int | None) -> Variant | None:
         backend = self._sync_backends.get(backend_id)

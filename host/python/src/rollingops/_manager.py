@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -15,7 +16,8 @@ import ops
 from ._errors import RollingOpsInvalidLockRequestError, RollingOpsSyncLockError
 from ._host import Host
 from ._models import ProcessingBackend, RollingOpsState, RollingOpsStatus
-from ._runtime import Instance, load, variant
+from ._runtime import Instance, load, record, variant
+from ._status import RollingOpsSnapshot, parse_snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -190,10 +192,26 @@ class RollingOpsManager(ops.Object):
         callback_id: str,
         kwargs: dict[str, Any] | None = None,
         max_retry: int | None = None,
+        *,
+        health_check: str | None = None,
+        health_timeout: float | datetime.timedelta | None = None,
+        generation_kwarg: str | None = None,
     ) -> None:
         """Queue a rolling operation for this unit and trigger scheduling.
 
         The callback runs later, in a hook of this unit, once the unit holds the lock.
+
+        With ``health_check``, the unit keeps the lock after the callback has released it
+        until the health-check callback returns ``True``: the check runs in hooks dispatched
+        on a backoff schedule (2 s, doubling, at most 30 s apart), never by sleeping in a hook.
+        When it has not passed after ``health_timeout``, the lock moves on anyway and, unless
+        the policy says otherwise, the leader pauses further grants (see :meth:`set_policy`).
+        The health check receives the operation's ``kwargs``.
+
+        The health gate needs every unit on the peer relation to run this library; while a
+        unit of the reference library is present, the lock moves on as soon as the callback
+        returns and a warning is logged. Under a grant written by a reference leader,
+        ``generation_kwarg`` receives 0.
 
         Args:
             callback_id: Identifier of the callback to execute when the operation is granted
@@ -202,10 +220,18 @@ class RollingOpsManager(ops.Object):
                 JSON-serialisable, with string keys.
             max_retry: Optional maximum number of retries allowed for the operation. None
                 means infinite retries.
+            health_check: Identifier of a registered callback that returns ``True`` once the
+                unit is healthy again.
+            health_timeout: How long to wait for the health check (seconds, or a
+                ``timedelta``; rounded up to whole seconds); 300 s by default.
+            generation_kwarg: Name of a keyword argument that receives the grant's generation
+                (an integer that grows with every grant), to fence work started under an
+                older grant.
 
         Raises:
-            RollingOpsInvalidLockRequestError: If the callback identifier is unknown, or the
-                operation cannot be created (invalid kwargs, negative max_retry).
+            RollingOpsInvalidLockRequestError: If the callback or health-check identifier is
+                unknown, or the operation cannot be created (invalid kwargs, negative
+                max_retry, a health_timeout below one second, a blank generation_kwarg).
             RollingOpsNoRelationError: If the peer relation is not available.
         """
         if kwargs is None:
@@ -214,7 +240,21 @@ class RollingOpsManager(ops.Object):
         retry, retry_problem = _encode_max_retry(max_retry)
         problem = problem or retry_problem
         try:
-            self._call('request-async-lock', callback_id, kwargs_json, retry)
+            if health_check is None and health_timeout is None and generation_kwarg is None:
+                self._call('request-async-lock', callback_id, kwargs_json, retry)
+            else:
+                timeout = _seconds(
+                    health_timeout, 'health_timeout', RollingOpsInvalidLockRequestError
+                )
+                options = record(
+                    {
+                        'max-retry': retry,
+                        'health-check': health_check,
+                        'health-timeout-seconds': timeout,
+                        'generation-kwarg': generation_kwarg,
+                    }
+                )
+                self._call('request-lock', callback_id, kwargs_json, options)
         except RollingOpsInvalidLockRequestError as e:
             # The component checks in the reference's order (callback id, relation, kwargs);
             # when it rejects what we could not encode, say why in Python terms.
@@ -289,10 +329,205 @@ class RollingOpsManager(ops.Object):
         """
         return bool(self._call('is-waiting', unit_name, callback_id))
 
+    def set_policy(
+        self,
+        max_concurrent: int = 1,
+        *,
+        grant_timeout: float | datetime.timedelta | None = None,
+        rank_ordering: bool = False,
+        halt_on_health_failure: bool = True,
+    ) -> None:
+        """Set how the leader hands out the lock (leader only).
+
+        The policy is stored in the application databag and replaces the previous one as a
+        whole. Each part is in force only once every unit on the peer relation runs this
+        library; until then the leader warns and keeps the reference behaviour (one holder,
+        oldest request first, no timeout).
+
+        Args:
+            max_concurrent: How many units may hold the lock at once (at least 1).
+            grant_timeout: Reclaim a grant whose holder has not finished within this long
+                (seconds, or a ``timedelta``; rounded up to whole seconds). None never does.
+            rank_ordering: Grant waiting units by :meth:`set_rank` (lowest first, then the
+                oldest request) instead of by request age.
+            halt_on_health_failure: Pause grants when a health check times out.
+
+        Raises:
+            ValueError: This unit is not the leader, ``max_concurrent`` is below 1, or
+                ``grant_timeout`` is below one second.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        if isinstance(max_concurrent, bool) or not 1 <= operator.index(max_concurrent) <= _U32_MAX:
+            raise ValueError(f'max_concurrent must be between 1 and {_U32_MAX}')
+        timeout = _seconds(grant_timeout, 'grant_timeout', ValueError)
+        policy = record(
+            {
+                'max-concurrent': operator.index(max_concurrent),
+                'grant-timeout-seconds': timeout,
+                'rank-ordering': bool(rank_ordering),
+                'halt-on-health-failure': bool(halt_on_health_failure),
+            }
+        )
+        self._call('set-policy', policy)
+
+    def set_rank(self, rank: int) -> None:
+        """Set this unit's rank: with ``rank_ordering``, lower ranks get the lock first.
+
+        A unit that should go last (a database primary, say) sets a higher rank than the
+        others; equal ranks go by request age. The rank is kept in this unit's databag until
+        changed; it is 0 by default.
+
+        Args:
+            rank: Any 64-bit signed integer.
+
+        Raises:
+            ValueError: ``rank`` is not a 64-bit integer.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        if isinstance(rank, bool) or not -_S64_MAX - 1 <= operator.index(rank) <= _S64_MAX:
+            raise ValueError('rank must be a 64-bit signed integer')
+        self._call('set-rank', operator.index(rank))
+
+    def pause(self, reason: str = '') -> bool:
+        """Stop granting the lock (leader only); holders finish their turn.
+
+        Args:
+            reason: Why, for people reading :meth:`snapshot` or the log.
+
+        Returns:
+            Whether this paused grants (False when they were paused already).
+
+        Raises:
+            ValueError: This unit is not the leader, or some units run the reference library
+                (the message names them); the application then keeps granting.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        return bool(self._call('control', variant('pause', reason)))
+
+    def resume(self) -> bool:
+        """Grant the lock again after :meth:`pause` or a failed health check (leader only).
+
+        Returns:
+            Whether grants were paused.
+
+        Raises:
+            ValueError: This unit is not the leader.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        return bool(self._call('control', variant('resume')))
+
+    def cancel(self, callback_id: str | None = None) -> int:
+        """Drop this unit's queued operations that have not started.
+
+        An operation that is running or waiting for its health check stays.
+
+        Args:
+            callback_id: Drop only operations of this callback; None drops every one.
+
+        Returns:
+            How many operations were dropped.
+
+        Raises:
+            ValueError: This unit's queue is managed by etcd.
+            RollingOpsDecodingError: This unit's queue cannot be decoded.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        return int(self._call('control', variant('cancel', callback_id)))
+
+    def force_release(self, unit: str | None = None) -> int:
+        """End a grant without waiting for its holder (leader only).
+
+        Use it when a holder is gone for good or stuck; its generation becomes stale, so work
+        fenced with ``generation_kwarg`` can tell. The holder's operation stays queued.
+
+        Args:
+            unit: The holder to release (``app/0``); None releases every holder.
+
+        Returns:
+            How many grants ended.
+
+        Raises:
+            ValueError: This unit is not the leader, or ``unit`` does not hold the lock.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        return int(self._call('control', variant('force-release', unit)))
+
+    def start_roll(
+        self,
+        callback_id: str,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        health_check: str | None = None,
+        health_timeout: float | datetime.timedelta | None = None,
+        on_complete: str | None = None,
+    ) -> int:
+        """Run ``callback_id`` once on every unit, one unit at a time (leader only).
+
+        Every unit, the leader included, queues the operation in its next hook and runs it
+        under the lock like any other request (policy, ranks and pauses apply). Once every
+        unit on the peer relation has finished, the leader calls ``on_complete`` once, with
+        ``generation=<the roll's generation>``. Progress is in :meth:`snapshot` ``.roll``.
+
+        Args:
+            callback_id: The callback every unit runs (registered on every unit).
+            kwargs: Its keyword arguments (JSON-serialisable, string keys).
+            health_check: A callback each unit must pass before the lock moves on
+                (see :meth:`request_async_lock`).
+            health_timeout: How long to wait for that check (default 300 s).
+            on_complete: A callback the leader runs once the whole roll has finished.
+
+        Returns:
+            The roll's generation (1 for the first roll, then 2, …).
+
+        Raises:
+            ValueError: This unit is not the leader, a roll is still in progress, or some
+                units run the reference library (the message names them).
+            RollingOpsInvalidLockRequestError: An unknown callback id or invalid kwargs.
+            RollingOpsNoRelationError: If the peer relation is not available.
+        """
+        kwargs_json, problem = _encode_kwargs({} if kwargs is None else kwargs)
+        if problem is not None:
+            raise RollingOpsInvalidLockRequestError(f'Failed to start the roll: {problem}')
+        timeout = _seconds(health_timeout, 'health_timeout', RollingOpsInvalidLockRequestError)
+        request = record(
+            {
+                'callback-id': callback_id,
+                'kwargs-json': kwargs_json,
+                'health-check': health_check,
+                'health-timeout-seconds': timeout,
+                'on-complete': on_complete,
+            }
+        )
+        return int(self._call('start-roll', request))
+
+    def snapshot(self) -> RollingOpsSnapshot:
+        """The lock, the queues, the policy, the pause and the current roll, typed.
+
+        Use it to set the unit's status from the charm's own collect-status handler; the
+        library never sets a status itself.
+        """
+        return parse_snapshot(self._call('describe'))
+
     def describe(self) -> dict[str, Any]:
         """A snapshot of the lock and of every known unit's queue, for people and scripts."""
         view: dict[str, Any] = json.loads(self._call('describe'))
         return view
+
+
+def _seconds(
+    value: float | datetime.timedelta | None, name: str, error: type[Exception]
+) -> int | None:
+    """Whole seconds (rounded up) for a WIT ``u32``, or the error for a value out of range."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise error(f'{name} must be a number of seconds or a timedelta, got {value!r}')
+    seconds = math.ceil(value)
+    if not 1 <= seconds <= _U32_MAX:
+        raise error(f'{name} must be at least 1 second (got {value!r})')
+    return seconds
 
 
 def _encode_kwargs(kwargs: object) -> tuple[str, Exception | None]:

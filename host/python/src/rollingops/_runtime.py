@@ -57,6 +57,7 @@ _IMPORTS: dict[str, dict[str, str]] = {
         'relation-get-remote-app': 'relation_get_remote_app',
         'log': 'log',
         'dispatch': 'dispatch',
+        'dispatch-after': 'dispatch_after',
     },
     'clock': {'now-micros': 'now_micros', 'sleep-ms': 'sleep_ms'},
     'process': {'run-etcdctl': 'run_etcdctl', 'start-worker': 'start_worker'},
@@ -71,6 +72,11 @@ _IMPORTS: dict[str, dict[str, str]] = {
 
 _METHODS = (
     'request-async-lock',
+    'request-lock',
+    'set-policy',
+    'set-rank',
+    'control',
+    'start-roll',
     'handle-event',
     'state',
     'is-waiting',
@@ -258,6 +264,11 @@ def _make_linker(engine: wasmtime.Engine) -> wc.Linker:
                 for name, method in functions.items():
                     instance.add_func(name, _import(method))
     return linker
+
+
+def record(fields: dict[str, Any]) -> wc.Record:
+    """A WIT record value from its fields (kebab-case names, as in the WIT)."""
+    return _record(fields)
 
 
 def _record(fields: dict[str, Any]) -> wc.Record:
