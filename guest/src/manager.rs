@@ -870,7 +870,13 @@ impl Manager {
                     .grant_timeout
                     .filter(|_| engaged.contains(&Feature::GrantTimeout))?;
                 let at = grant.at?;
-                (self.now.seconds_since(at) >= f64::from(timeout))
+                // A holder waiting in its health gate is not stuck: the gate has its own
+                // timeout, after which the grant timeout counts again.
+                let gate_open = holder
+                    .as_ref()
+                    .and_then(|h| h.health.as_ref())
+                    .is_some_and(|g| !g.failed && self.now.micros() < g.deadline);
+                (!gate_open && self.now.seconds_since(at) >= f64::from(timeout))
                     .then_some(ReleaseReason::TimedOut)
             });
             match reason {
@@ -909,7 +915,8 @@ impl Manager {
                 .peer
                 .as_ref()
                 .is_some_and(|p| crate::features::decode_pause(&p.app).is_some()))
-            && engaged.contains(&Feature::Pause);
+            && engaged.contains(&Feature::Pause)
+            || self.roll_joining();
         let ranked =
             engaged.contains(&Feature::Rank) && policy.ordering == crate::features::Ordering::Rank;
         let mut granted = Vec::new();
@@ -964,9 +971,28 @@ impl Manager {
                 self.dispatch_after(timeout.saturating_mul(1000));
             }
         }
+        // A reclaimed unit that still wants the lock, with nobody else granted, gets it back
+        // in a later hook: ask for one now (nothing else would wake the leader).
+        let waiting_reclaimed = holders.is_empty()
+            && !paused
+            && reclaimed.iter().any(|unit| {
+                let peer = self.peer.as_ref().expect("scheduling needs the relation");
+                let record = if *unit == self.unit {
+                    Some(self.local_record())
+                } else {
+                    peer.record(unit).cloned()
+                };
+                record.is_some_and(|r| {
+                    r.schedulable()
+                        .is_ok_and(|(_, intent)| intent != wire::Intent::Idle)
+                })
+            });
         self.reclaimed = reclaimed;
         if changed {
             self.set_app(LockState::pairs(&holders, seq));
+        }
+        if waiting_reclaimed {
+            self.wake_up();
         }
     }
 

@@ -15,6 +15,7 @@ fn model(units: usize) -> Model {
     m.on("restart", &[ret(None)])
         .on("healthy", &[ret(Some("true"))])
         .on("done", &[ret(None)]);
+    m.notifications.insert("done".into());
     m
 }
 
@@ -378,4 +379,92 @@ fn bad_input_is_refused_clearly_and_bad_records_are_not_fatal() {
     m.request("app/1", "restart", "{}", None).unwrap();
     m.settle();
     assert_eq!(m.calls_on("app/1"), ["restart"]);
+}
+
+fn start_roll(m: &mut Model, unit: &str) -> Result<u64, Error> {
+    let request = RollRequest {
+        callback_id: "restart".into(),
+        kwargs_json: "{}".into(),
+        health_check: None,
+        health_timeout: None,
+        on_complete: Some("done".into()),
+    };
+    m.run(unit, "start-roll", |mgr, fx| {
+        driver::call(mgr, fx, |mgr| mgr.start_roll(request))
+    })
+}
+
+#[test]
+fn a_roll_waits_for_every_unit_to_join_so_rank_puts_the_primary_last() {
+    let mut m = model(4);
+    m.hook("app/0", Event::LeaderElected).unwrap();
+    set_policy(
+        &mut m,
+        "app/0",
+        PolicyUpdate {
+            rank_ordering: true,
+            ..policy(1)
+        },
+    )
+    .unwrap();
+    m.run("app/0", "set-rank", |mgr, fx| {
+        driver::call(mgr, fx, |mgr| mgr.set_rank(10))
+    })
+    .unwrap();
+    m.settle();
+    assert_eq!(start_roll(&mut m, "app/0").unwrap(), 1);
+    assert!(
+        holders(&m).is_empty(),
+        "nobody is granted before every unit joined"
+    );
+    assert_eq!(m.delayed.last(), Some(&("app/0".to_string(), 60_000)));
+    m.settle();
+    let order: Vec<&str> = m
+        .calls
+        .iter()
+        .filter(|c| c.id == "restart")
+        .map(|c| c.unit.as_str())
+        .collect();
+    assert_eq!(order.len(), 4);
+    assert_eq!(order.last(), Some(&"app/0"), "{order:?}");
+    assert_eq!(
+        m.calls_on("app/0").last(),
+        Some(&"done"),
+        "the roll completed"
+    );
+}
+
+#[test]
+fn cancelling_a_roll_operation_counts_the_unit_as_done() {
+    let mut m = model(3);
+    m.hook("app/0", Event::LeaderElected).unwrap();
+    // app/2 holds the lock, so the roll's operations stay queued.
+    m.seed_app(&[("granted_unit", "app/2"), ("granted_at", &ts(0))]);
+    m.seed(
+        "app/2",
+        &[
+            (
+                "operations",
+                &queue(&[op("restart", "1777636700.0", None, 0, "{}")]),
+            ),
+            ("state", "request"),
+        ],
+    );
+    start_roll(&mut m, "app/0").unwrap();
+    m.hook("app/1", Event::PeerRelationChanged).unwrap();
+    assert_eq!(control(&mut m, "app/1", Control::Cancel(None)).unwrap(), 1);
+    let state: Value =
+        serde_json::from_str(m.get("app/1", "rollingops-roll-state").unwrap()).unwrap();
+    assert_eq!(state["done"], 1, "{state}");
+    m.settle();
+    let described: Value = m
+        .run("app/0", "describe", |mgr, fx| driver::describe(mgr, fx))
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .unwrap();
+    assert!(
+        !described["roll"]["completed"].is_null(),
+        "the roll completed: {}",
+        described["roll"]
+    );
+    assert!(start_roll(&mut m, "app/0").is_ok(), "a new roll can start");
 }

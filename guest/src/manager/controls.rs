@@ -371,8 +371,12 @@ impl Manager {
         self.set_local(vec![
             (wire::OPERATIONS.into(), queue.encode()),
             (wire::STATE.into(), intent.as_str().into()),
-            options,
         ]);
+        // A cancelled roll operation counts this unit as done, so the roll can complete.
+        for op in &removed {
+            self.forget_op(op);
+        }
+        self.set_local(vec![options]);
         Ok(removed.len() as u32)
     }
 
@@ -462,6 +466,8 @@ impl Manager {
             ),
         );
         self.set_app(vec![(features::ROLL.into(), features::encode(&roll))]);
+        // Grants wait for every unit to join; this wakes the leader if one never does.
+        self.dispatch_after((super::roll::ROLL_JOIN_WINDOW_S * 1000.0) as u32);
         self.advance(false);
         Ok(generation)
     }

@@ -9,6 +9,9 @@ use super::{Command, LogLevel, Manager};
 use crate::features::{self, Feature, OpOptions, RollState};
 use crate::op::{Operation, kwargs_json};
 
+/// Seconds the leader waits for every unit to join a new roll before granting anyway.
+pub(super) const ROLL_JOIN_WINDOW_S: f64 = 60.0;
+
 impl Manager {
     /// Queue the current roll's operation on this unit if it has not yet.
     pub(super) fn join_roll(&mut self) {
@@ -107,6 +110,31 @@ impl Manager {
             }
         }
         pending
+    }
+
+    /// Whether grants wait for units to join a roll that just started: every unit queues
+    /// its part first, so the order (rank, age) is decided over all of them. Bounded by
+    /// [`ROLL_JOIN_WINDOW_S`] in case a unit's agent is down.
+    pub(super) fn roll_joining(&self) -> bool {
+        let Some(peer) = self.peer.as_ref() else {
+            return false;
+        };
+        let Some(roll) = features::decode_roll(&peer.app) else {
+            return false;
+        };
+        if roll.completed.is_some() || !self.engaged_features().contains(&Feature::Roll) {
+            return false;
+        }
+        let started = crate::timestamp::Timestamp::parse(&roll.started);
+        if started.is_none_or(|at| self.now.seconds_since(at) >= ROLL_JOIN_WINDOW_S) {
+            return false;
+        }
+        let joined = |seen: u64| seen >= roll.generation;
+        !(joined(self.local_record().roll.seen)
+            && peer
+                .remote_units
+                .iter()
+                .all(|u| peer.record(u).is_some_and(|r| joined(r.roll.seen))))
     }
 
     /// Whether a roll has finished on every unit but is not marked complete yet.
