@@ -16,7 +16,9 @@
 //! * app `rollingops-features` — the engaged set;
 //! * app `rollingops-policy` — `{max_concurrent, grant_timeout, ordering, halt_on_health_failure}`;
 //! * app `rollingops-paused` — `{since, reason}` while grants are paused;
-//! * app `rollingops-roll` — the current application-wide roll.
+//! * app `rollingops-roll` — the current application-wide roll;
+//! * app `rollingops-reclaimed` — `{unit: until_micros}`, units whose grant was reclaimed
+//!   (timed out or forced) and may not be granted again before then.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +42,64 @@ pub const POLICY: &str = "rollingops-policy";
 pub const PAUSED: &str = "rollingops-paused";
 /// App bag: the application-wide roll.
 pub const ROLL: &str = "rollingops-roll";
+/// App bag: units whose grant was reclaimed: until when (microseconds) they wait, and the
+/// back-off in seconds (doubled at each reclaim, so a dead unit costs ever fewer hooks).
+pub const RECLAIMED: &str = "rollingops-reclaimed";
+
+/// Longest back-off of a reclaimed unit (seconds).
+pub const MAX_RECLAIM_BACKOFF_S: u32 = 3_600;
+
+/// A reclaimed unit's back-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Not granted again before this (microseconds).
+    pub until: i64,
+    /// The back-off that set `until` (seconds).
+    pub seconds: u32,
+}
+
+/// Seconds a reclaimed unit waits before it can be granted again, when the policy has no
+/// grant timeout (a force-release).
+pub const DEFAULT_RECLAIM_BACKOFF_S: u32 = 60;
+
+/// Decode the reclaimed units' back-offs.
+pub fn decode_reclaimed(app: &Bag) -> BTreeMap<String, Backoff> {
+    let Some(Value::Object(map)) = parse(app.get(RECLAIMED)) else {
+        return BTreeMap::new();
+    };
+    map.iter()
+        .filter_map(|(unit, v)| {
+            let until = v.get(0)?.as_i64()?;
+            let seconds = u32::try_from(v.get(1)?.as_u64()?).ok()?;
+            Some((unit.clone(), Backoff { until, seconds }))
+        })
+        .collect()
+}
+
+/// Encode the back-offs; empty deletes the key.
+pub fn encode_reclaimed(map: &BTreeMap<String, Backoff>) -> String {
+    if map.is_empty() {
+        return String::new();
+    }
+    let object: Map<String, Value> = map
+        .iter()
+        .map(|(u, b)| (u.clone(), json!([b.until, b.seconds])))
+        .collect();
+    Value::Object(object).to_string()
+}
+
+/// The back-off after one more reclaim of a unit (`base` seconds, then doubling).
+pub fn next_backoff(previous: Option<&Backoff>, base: u32, now: i64) -> Backoff {
+    let seconds = previous.map_or(base, |b| {
+        b.seconds
+            .saturating_mul(2)
+            .clamp(base, MAX_RECLAIM_BACKOFF_S.max(base))
+    });
+    Backoff {
+        until: now + i64::from(seconds) * 1_000_000,
+        seconds,
+    }
+}
 
 /// A protocol feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -288,9 +288,6 @@ pub struct Manager {
     awaiting_health: Option<(Grant, crate::features::HealthGate)>,
     /// The leader runs a finished roll's completion callback.
     awaiting_roll_notice: bool,
-    /// Units whose grant was reclaimed in this hook (forced or timed out): not granted
-    /// again in this hook, so the lock really moves on.
-    reclaimed: Vec<String>,
     /// The leader's engaged feature set, computed once per hook (remote bags do not change
     /// within a hook).
     engaged: std::cell::OnceCell<crate::features::FeatureSet>,
@@ -357,7 +354,6 @@ impl Manager {
             awaiting_etcd: None,
             awaiting_health: None,
             awaiting_roll_notice: false,
-            reclaimed: Vec::new(),
             engaged: std::cell::OnceCell::new(),
             etcd: context.etcd,
             etcd_relation: context.etcd_relation,
@@ -862,7 +858,33 @@ impl Manager {
         let mut seq = lock.last_seq;
         let mut holders = Vec::new();
         let mut changed = false;
-        let mut reclaimed = self.reclaimed.clone();
+        // Units whose grant was reclaimed wait out a back-off, so the lock really moves on
+        // and a dead unit is not granted again and again.
+        let stored_backoff =
+            crate::features::decode_reclaimed(&self.peer.as_ref().expect("relation").app);
+        let mut backoff = stored_backoff.clone();
+        {
+            // An entry lasts while its unit is on the relation and still waits (so the next
+            // reclaim doubles the back-off); a unit that got its turn starts afresh.
+            let peer = self.peer.as_ref().expect("scheduling needs the relation");
+            let local = self.local_record();
+            backoff.retain(|u, _| {
+                let record = if *u == self.unit {
+                    Some(&local)
+                } else {
+                    peer.record(u)
+                };
+                record.is_some_and(|r| {
+                    r.schedulable()
+                        .is_ok_and(|(_, intent)| intent != wire::Intent::Idle)
+                })
+            });
+        }
+        let now_micros = self.now.micros();
+        let backoff_s = policy
+            .grant_timeout
+            .unwrap_or(crate::features::DEFAULT_RECLAIM_BACKOFF_S);
+        let mut reclaimed_now: Option<u32> = None;
         for grant in lock.holders() {
             let holder = self.holder_record(&grant, &local);
             let reason = release_reason(holder.as_ref(), &grant).or_else(|| {
@@ -898,7 +920,13 @@ impl Manager {
                         self.halt_on_failed_gate(holder, &grant, &policy, &engaged);
                     }
                     if matches!(reason, ReleaseReason::TimedOut | ReleaseReason::Forced) {
-                        reclaimed.push(grant.unit.clone());
+                        let next = crate::features::next_backoff(
+                            backoff.get(&grant.unit),
+                            backoff_s,
+                            now_micros,
+                        );
+                        backoff.insert(grant.unit.clone(), next);
+                        reclaimed_now = Some(next.seconds);
                     }
                     changed = true;
                 }
@@ -948,7 +976,7 @@ impl Manager {
                 let candidates = units.iter().copied().filter(|u| {
                     !holders.iter().any(|g: &Grant| g.unit == u.name)
                         && !granted.contains(&u.name)
-                        && !reclaimed.contains(&u.name)
+                        && backoff.get(&u.name).is_none_or(|b| b.until <= now_micros)
                 });
                 match next_grant(candidates, rank) {
                     Some(unit) => granted.push(unit.name.clone()),
@@ -971,28 +999,18 @@ impl Manager {
                 self.dispatch_after(timeout.saturating_mul(1000));
             }
         }
-        // A reclaimed unit that still wants the lock, with nobody else granted, gets it back
-        // in a later hook: ask for one now (nothing else would wake the leader).
-        let waiting_reclaimed = holders.is_empty()
-            && !paused
-            && reclaimed.iter().any(|unit| {
-                let peer = self.peer.as_ref().expect("scheduling needs the relation");
-                let record = if *unit == self.unit {
-                    Some(self.local_record())
-                } else {
-                    peer.record(unit).cloned()
-                };
-                record.is_some_and(|r| {
-                    r.schedulable()
-                        .is_ok_and(|(_, intent)| intent != wire::Intent::Idle)
-                })
-            });
-        self.reclaimed = reclaimed;
         if changed {
             self.set_app(LockState::pairs(&holders, seq));
         }
-        if waiting_reclaimed {
-            self.wake_up();
+        if backoff != stored_backoff {
+            self.set_app(vec![(
+                crate::features::RECLAIMED.into(),
+                crate::features::encode_reclaimed(&backoff),
+            )]);
+        }
+        // Nothing else would wake the leader when the back-off ends.
+        if let Some(seconds) = reclaimed_now {
+            self.dispatch_after(seconds.saturating_mul(1000));
         }
     }
 

@@ -468,3 +468,35 @@ fn cancelling_a_roll_operation_counts_the_unit_as_done() {
     );
     assert!(start_roll(&mut m, "app/0").is_ok(), "a new roll can start");
 }
+
+#[test]
+fn a_reclaimed_unit_backs_off_doubling_so_a_dead_unit_costs_ever_fewer_hooks() {
+    let mut m = model(2);
+    m.hook("app/0", Event::LeaderElected).unwrap();
+    // app/1 asks and is granted; its agent is down: it never runs.
+    m.foreign.insert("app/1".into());
+    m.request("app/1", "restart", "{}", None).unwrap();
+    m.hook("app/0", Event::PeerRelationChanged).unwrap();
+    assert_eq!(holders(&m), ["app/1"]);
+    let mut backoffs = Vec::new();
+    for _ in 0..3 {
+        let released = control(&mut m, "app/0", Control::ForceRelease(None)).unwrap();
+        assert_eq!(released, 1);
+        assert!(holders(&m).is_empty(), "not granted again at once");
+        let (_, delay) = m.delayed.last().cloned().unwrap();
+        backoffs.push(delay);
+        // A leader hook during the back-off grants nothing…
+        m.hook("app/0", Event::UpdateStatus).unwrap();
+        assert!(holders(&m).is_empty());
+        // …the delayed wake-up at its end grants app/1 again.
+        while m.deliver_delayed().is_some() {}
+        assert_eq!(holders(&m), ["app/1"]);
+    }
+    assert_eq!(backoffs, [60_000, 120_000, 240_000]);
+    // Once app/1 runs its turn, the back-off is forgotten.
+    m.foreign.clear();
+    m.hook("app/1", Event::PeerRelationChanged).unwrap();
+    m.hook("app/0", Event::PeerRelationChanged).unwrap();
+    assert_eq!(m.calls_on("app/1"), ["restart"]);
+    assert_eq!(m.app("rollingops-reclaimed"), None);
+}

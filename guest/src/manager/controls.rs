@@ -404,9 +404,24 @@ impl Manager {
                 ),
             );
         }
-        self.reclaimed
-            .extend(released.iter().map(|g| g.unit.clone()));
         if !released.is_empty() {
+            let mut backoff = features::decode_reclaimed(&self.peer.as_ref().expect("checked").app);
+            let now = self.now.micros();
+            let mut longest = 0;
+            for grant in &released {
+                let next = features::next_backoff(
+                    backoff.get(&grant.unit),
+                    features::DEFAULT_RECLAIM_BACKOFF_S,
+                    now,
+                );
+                longest = longest.max(next.seconds);
+                backoff.insert(grant.unit.clone(), next);
+            }
+            self.set_app(vec![(
+                features::RECLAIMED.into(),
+                features::encode_reclaimed(&backoff),
+            )]);
+            self.dispatch_after(longest.saturating_mul(1000));
             self.set_app(LockState::pairs(&kept, lock.last_seq));
         }
         Ok(released.len() as u32)
