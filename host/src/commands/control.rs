@@ -9,11 +9,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::Control;
 use crate::charm::DEFAULT_BASE_DIR;
-use crate::juju::{JujuEnv, JujuHost, NoCharmCode};
-use crate::runtime::{Runtime, Session};
-use crate::sandbox::Sandbox;
-use crate::{Config, Control};
 
 const AFTER_HELP: &str = "Examples:
   juju exec --unit app/leader -- rollingops control --peer-relation restart pause --reason 'db maintenance'
@@ -92,20 +89,7 @@ impl Lever {
 impl ControlCommand {
     /// Apply the lever in this unit's hook context.
     pub fn execute(self) -> anyhow::Result<bool> {
-        let env = JujuEnv::from_env().map_err(anyhow::Error::msg)?;
-        let runtime = Runtime::new(Some(&self.base_dir))?;
-        let config = Config {
-            peer_relation_name: self.peer_relation.clone(),
-            etcd_relation_name: None,
-            cluster_id: None,
-            base_dir: self.base_dir.to_string_lossy().into_owned(),
-            callback_ids: vec![],
-            sync_lock_ids: vec![],
-        };
-        let sandbox = Sandbox::new(env.charm_dir.clone(), self.base_dir.clone());
-        let unit = env.unit_name.clone();
-        let host = JujuHost::new(env, self.base_dir.clone(), Box::new(NoCharmCode));
-        let mut session = Session::new(&runtime, Box::new(host), sandbox, &config)?;
+        let (mut session, unit) = super::hook_context_session(&self.peer_relation, &self.base_dir)?;
         let changed = session
             .control(&self.lever.control())
             .with_context(|| format!("on {unit}"))?;

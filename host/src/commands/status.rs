@@ -10,11 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use crate::Config;
 use crate::charm::DEFAULT_BASE_DIR;
-use crate::juju::{JujuEnv, JujuHost, NoCharmCode};
-use crate::runtime::{Runtime, Session};
-use crate::sandbox::Sandbox;
+use crate::runtime::Session;
 
 const AFTER_HELP: &str = "Examples:
   juju exec --unit app/0 -- rollingops status --peer-relation restart
@@ -46,19 +43,7 @@ pub struct StatusCommand {
 impl StatusCommand {
     /// Read the relation and print.
     pub fn execute(self) -> anyhow::Result<bool> {
-        let env = JujuEnv::from_env().map_err(anyhow::Error::msg)?;
-        let runtime = Runtime::new(Some(&self.base_dir))?;
-        let config = Config {
-            peer_relation_name: self.peer_relation.clone(),
-            etcd_relation_name: None,
-            cluster_id: None,
-            base_dir: self.base_dir.to_string_lossy().into_owned(),
-            callback_ids: vec![],
-            sync_lock_ids: vec![],
-        };
-        let sandbox = Sandbox::new(env.charm_dir.clone(), self.base_dir.clone());
-        let host = JujuHost::new(env, self.base_dir.clone(), Box::new(NoCharmCode));
-        let mut session = Session::new(&runtime, Box::new(host), sandbox, &config)?;
+        let (mut session, _) = super::hook_context_session(&self.peer_relation, &self.base_dir)?;
         let described = describe_all(&mut session)?;
         let document = document(&described, &self.peer_relation);
         let mut out = std::io::stdout().lock();
