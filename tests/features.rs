@@ -439,7 +439,6 @@ fn property_two_holders_never_three() {
     println!("{seeds} seeds with max_concurrent 2: never more than {peak} at once");
 }
 
-
 /// `SEED=N cargo test -p rollingops-tests --test tests -- features::replay_roll_seed
 /// --ignored --nocapture`: the full timeline of one seed of the roll search.
 #[test]
