@@ -292,7 +292,20 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                 relation_id,
                 app,
                 pairs,
-            } => fx.relation_set(relation_id, app, &pairs)?,
+            } => match fx.relation_set(relation_id, app, &pairs) {
+                Ok(()) => {}
+                // Leadership moved during this hook: the app bag is the new leader's to
+                // write, and it re-decides the lock from the units' bags. Failing the hook
+                // would also discard this unit's own writes — a turn it already ran — and
+                // a dispatched hook is not retried.
+                Err(e) if app && fx.is_leader().is_ok_and(|leader| !leader) => fx.log(
+                    LogLevel::Warning,
+                    &format!(
+                        "Leadership moved during this hook; leaving the lock to the new leader ({e})."
+                    ),
+                ),
+                Err(e) => return Err(e),
+            },
             Command::RunCallback { id, kwargs_json } => {
                 let outcome = fx.run_callback(&id, &kwargs_json);
                 let now = fx.now();

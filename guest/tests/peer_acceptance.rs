@@ -1475,3 +1475,29 @@ const FEATURES_KEY: &str = rollingops_guest::features::FEATURES;
 fn only_features(bag: &rollingops_guest::wire::Bag) -> bool {
     bag.keys().all(|k| k == FEATURES_KEY)
 }
+
+#[test]
+fn leadership_lost_mid_hook_keeps_the_units_own_turn_and_the_new_leader_moves_on() {
+    // The leader runs its own turn; leadership moves while the callback runs, so its
+    // release-and-grant (app bag) is refused. The hook must not fail: that would discard
+    // the turn it already ran (its echo), and a dispatched hook is not retried.
+    let mut m = charm(3);
+    m.request("charm/0", "_restart", "{}", None).unwrap();
+    assert_eq!(m.holder(), Some("charm/0"), "the leader granted itself");
+    m.request("charm/2", "_restart", "{}", None).unwrap();
+    m.leader_after_callback = Some("charm/1".into());
+    m.hook("charm/0", Event::LockGranted).unwrap();
+    assert_eq!(m.calls_on("charm/0"), ["_restart"]);
+    assert!(m.logged("Leadership moved during this hook"));
+    assert_eq!(
+        m.get("charm/0", "operations"),
+        Some("[]"),
+        "its turn is recorded"
+    );
+    // The new leader sees the echo, releases charm/0 and grants charm/2.
+    m.hook("charm/1", Event::LeaderElected).unwrap();
+    assert_eq!(m.holder(), Some("charm/2"));
+    m.settle();
+    assert_eq!(m.calls_on("charm/2"), ["_restart"]);
+    assert_eq!(m.calls_on("charm/0"), ["_restart"], "nothing ran twice");
+}

@@ -152,6 +152,8 @@ pub struct Model {
     pub foreign: BTreeSet<String>,
     /// Callback ids that run without the lock (a roll's completion callback).
     pub notifications: BTreeSet<String>,
+    /// Leadership moves to this unit while the next callback runs (mid-hook).
+    pub leader_after_callback: Option<String>,
 }
 
 impl Model {
@@ -185,6 +187,7 @@ impl Model {
             pending: VecDeque::new(),
             foreign: BTreeSet::new(),
             notifications: BTreeSet::new(),
+            leader_after_callback: None,
         }
     }
 
@@ -569,6 +572,9 @@ impl Effects for UnitFx<'_> {
     }
 
     fn run_callback(&mut self, id: &str, kwargs_json: &str) -> CallbackOutcome {
+        if let Some(next) = self.model.leader_after_callback.take() {
+            self.model.leader = next;
+        }
         let app = self.app_view();
         let granted_unit = app.get("granted_unit").cloned();
         let holders = rollingops_guest::wire::LockState::decode(&app).holders();
