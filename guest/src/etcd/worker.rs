@@ -8,9 +8,15 @@
 //! call's output.
 //!
 //! Differences from the reference, all invisible to other units:
-//! * no 15 s lock polling and no 30 s sleep after a release: contention is retried with a
-//!   short backoff, and after a release the worker yields one backoff before competing again
-//!   so that waiting units get the key first;
+//! * no 15 s lock polling and no 30 s sleep after a release: a worker that finds the lock
+//!   held watches the lock key from the revision at which it saw it held (so a release in
+//!   between is not missed) and tries again at the first event, and after a release it
+//!   yields briefly before competing again so that waiting units get the key first;
+//! * taking the lock and claiming the pending head is one transaction, and the hook that
+//!   finishes an op drops or requeues it and releases the lock in one transaction (when the
+//!   worker that claimed it is this one, see [`CLAIM_FILE`]); the worker watches its
+//!   in-progress key to learn that the hook is done. The keys and values written are those
+//!   of the reference's sequence of transactions, so other units see the same states;
 //! * the lease is kept alive with `lease keep-alive --once` between steps (no helper
 //!   process); if the worker dies the lease lapses within its TTL and the key goes with it;
 //! * the worker exits when its unit has nothing pending instead of idling forever, and a
@@ -30,6 +36,12 @@ pub const ETCD_FAILED_HOOK: &str = "rollingops_etcd_failed";
 /// A file under base_dir whose presence asks the worker to release and exit (written when
 /// the unit falls back to the peer relation; removed when a worker is started).
 pub const STOP_FILE: &str = "etcd/worker-stop";
+/// A file under base_dir where the worker writes the op id it claimed before dispatching the
+/// lock-granted hook. A hook that finds the op it runs named there knows that this
+/// implementation's worker is waiting (watching the in-progress key), so it may finalize and
+/// release in one transaction; for any other worker (the reference's, still running after an
+/// upgrade, polls `completed`) it moves the op to `completed` as the reference does.
+pub const CLAIM_FILE: &str = "etcd/worker-claim";
 
 /// Timing knobs.
 #[derive(Clone, Debug)]
@@ -46,6 +58,8 @@ pub struct Timing {
     pub hook_timeout_ms: u64,
     /// Retryable etcdctl failures tolerated in a row before giving up.
     pub retry_budget: u32,
+    /// Longest single watch (milliseconds); below `keep_alive_ms` so renewals stay on time.
+    pub watch_timeout_ms: u32,
 }
 
 impl Default for Timing {
@@ -57,6 +71,7 @@ impl Default for Timing {
             max_backoff_ms: 250,
             hook_timeout_ms: 600_000,
             retry_budget: 12,
+            watch_timeout_ms: 10_000,
         }
     }
 }
@@ -70,12 +85,22 @@ pub enum Call {
     Value(String),
     /// A transaction body.
     Txn(String),
+    /// A transaction body, answered as JSON (`-w json`): its revision and reads.
+    TxnJson(String),
     /// `lease grant <ttl>`.
     LeaseGrant(u32),
     /// `lease keep-alive --once <id>`.
     KeepAlive(String),
     /// `lease revoke <id>`.
     LeaseRevoke(String),
+    /// `watch <key> --rev=<from_revision>`: never ends by itself; run it with the host's
+    /// watch, which returns at the first line of output (the first event).
+    Watch {
+        /// The key watched.
+        key: String,
+        /// The first revision reported (earlier events are history).
+        from_revision: u64,
+    },
 }
 
 impl Call {
@@ -86,9 +111,14 @@ impl Call {
             Call::First(prefix) => (args(&["get", prefix, "--prefix", "--limit=1"]), None),
             Call::Value(key) => (args(&["get", key, "--print-value-only"]), None),
             Call::Txn(body) => (args(&["txn"]), Some(body.clone())),
+            Call::TxnJson(body) => (args(&["-w", "json", "txn"]), Some(body.clone())),
             Call::LeaseGrant(ttl) => (args(&["lease", "grant", &ttl.to_string()]), None),
             Call::KeepAlive(id) => (args(&["lease", "keep-alive", "--once", id]), None),
             Call::LeaseRevoke(id) => (args(&["lease", "revoke", id]), None),
+            Call::Watch { key, from_revision } => (
+                args(&["watch", key, &format!("--rev={from_revision}")]),
+                None,
+            ),
         }
     }
 }
@@ -98,6 +128,9 @@ impl Call {
 pub enum Step {
     /// Run etcdctl and report with [`Worker::handle`].
     Etcdctl(Call),
+    /// Watch with etcdctl until its first line of output, its exit, or `timeout_ms` (then
+    /// kill it), and report with [`Worker::handle`].
+    Watch(Call, u32),
     /// Wait, then poll again.
     Sleep(u64),
     /// Run this hook on the unit (returns at once), then poll again.
@@ -132,8 +165,10 @@ enum State {
     ExpectLease,
     /// Try the lock transaction.
     ExpectLock,
-    /// Lock taken by someone else: wait.
-    Contended,
+    /// Lock seen held at this revision: watch it.
+    Contended { from_revision: u64 },
+    /// Watching the lock key.
+    WatchingLock,
     /// Read the pending head to claim it.
     ExpectPendingHead,
     /// Move the head to `inprogress`.
@@ -145,8 +180,13 @@ enum State {
     DispatchHook,
     /// Poll `completed`.
     ExpectCompleted,
+    /// `completed` is empty: is the op still in progress, or did the hook finish it and
+    /// release the lock itself?
+    ExpectInProgress,
     /// Waiting for the hook to finish.
     AwaitingHook,
+    /// Watching the in-progress key for the hook's finalize.
+    WatchingHook,
     /// Requeue or drop the completed op.
     ExpectPostProcess { release_after: bool },
     /// Revoke the lease (frees the lock).
@@ -176,6 +216,10 @@ pub struct Worker {
     now_ms: u64,
     /// The op claimed under the lock, if any.
     claimed: Option<(String, Operation)>,
+    /// The revision of the claim (the watch for the hook starts after it), if known.
+    claim_revision: Option<u64>,
+    /// The pending head to claim together with the lock.
+    next: Option<(String, Operation)>,
     /// The completed op being post-processed.
     completed: Option<(String, Operation)>,
     /// After a release with more work pending, yield once before competing again.
@@ -207,6 +251,8 @@ impl Worker {
             hook_dispatched_at_ms: 0,
             now_ms,
             claimed: None,
+            claim_revision: None,
+            next: None,
             completed: None,
             yield_before_lock: false,
             pending_sleep: None,
@@ -219,6 +265,11 @@ impl Worker {
     /// Whether this worker currently holds the lock.
     pub fn holding(&self) -> bool {
         self.holding
+    }
+
+    /// The id of the op this worker claimed and is running a hook for (see [`CLAIM_FILE`]).
+    pub fn claimed_op_id(&self) -> Option<String> {
+        self.claimed.as_ref().map(|(_, op)| op.op_id())
     }
 
     /// Release (if holding) and exit, without claiming anything more.
@@ -259,23 +310,35 @@ impl Worker {
             State::ExpectLease => Step::Etcdctl(Call::LeaseGrant(self.timing.lease_ttl)),
             State::ExpectLock => {
                 let lease = self.lease.clone().unwrap_or_default();
-                Step::Etcdctl(Call::Txn(txn::acquire(
-                    &self.keys.lock,
-                    &self.owner,
-                    &lease,
-                )))
+                let body = match &self.next {
+                    Some((key, op)) if self.claimed.is_none() && self.completed.is_none() => {
+                        let to = format!("{}{}", self.keys.inprogress, op.op_id());
+                        txn::acquire_and_claim(
+                            &self.keys.lock,
+                            &self.owner,
+                            &lease,
+                            key,
+                            &to,
+                            &op.to_json(),
+                        )
+                    }
+                    _ => txn::acquire(&self.keys.lock, &self.owner, &lease),
+                };
+                Step::Etcdctl(Call::TxnJson(body))
             }
-            State::Contended => {
-                let wait = self.backoff_ms;
-                self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
-                self.state = State::ExpectLock;
-                Step::Sleep(wait)
+            State::Contended { from_revision } => {
+                let call = Call::Watch {
+                    key: self.keys.lock.clone(),
+                    from_revision: *from_revision,
+                };
+                self.state = State::WatchingLock;
+                Step::Watch(call, self.timing.watch_timeout_ms)
             }
             State::ExpectPendingHead => Step::Etcdctl(Call::First(self.keys.pending.clone())),
             State::ExpectClaim => {
                 let (key, op) = self.claimed.clone().expect("claim follows a pending head");
                 let to = format!("{}{}", self.keys.inprogress, op.op_id());
-                Step::Etcdctl(Call::Txn(txn::move_op(
+                Step::Etcdctl(Call::TxnJson(txn::move_op(
                     &self.keys.lock,
                     &self.owner,
                     &key,
@@ -291,17 +354,35 @@ impl Worker {
                 Step::Dispatch(LOCK_GRANTED_HOOK)
             }
             State::ExpectCompleted => Step::Etcdctl(Call::First(self.keys.completed.clone())),
-            State::VerifyClaim => Step::Etcdctl(Call::First(self.keys.inprogress.clone())),
+            State::ExpectInProgress | State::VerifyClaim => {
+                Step::Etcdctl(Call::First(self.keys.inprogress.clone()))
+            }
             State::AwaitingHook => {
                 if now_ms.saturating_sub(self.hook_dispatched_at_ms) >= self.timing.hook_timeout_ms
                 {
                     self.state = State::DispatchHook;
                     return self.poll(now_ms);
                 }
-                let wait = self.backoff_ms;
-                self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
-                self.state = State::ExpectCompleted;
-                Step::Sleep(wait)
+                match (&self.claimed, self.claim_revision) {
+                    (Some((_, op)), Some(revision)) => {
+                        let call = Call::Watch {
+                            key: format!("{}{}", self.keys.inprogress, op.op_id()),
+                            from_revision: revision + 1,
+                        };
+                        self.state = State::WatchingHook;
+                        Step::Watch(call, self.timing.watch_timeout_ms)
+                    }
+                    _ => {
+                        let wait = self.backoff_ms;
+                        self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+                        self.state = State::ExpectCompleted;
+                        Step::Sleep(wait)
+                    }
+                }
+            }
+            // A watch is under way; the host reports its end with `handle`.
+            State::WatchingLock | State::WatchingHook => {
+                Step::Exit(Err("polled during a watch".into()))
             }
             State::ExpectPostProcess { .. } => {
                 let (key, op) = self
@@ -341,14 +422,15 @@ impl Worker {
     }
 
     fn waiting_state(&self) -> bool {
-        matches!(
-            self.state,
-            State::Contended | State::AwaitingHook | State::ExpectCompleted | State::ExpectLock
-        )
+        matches!(self.state, State::Contended { .. } | State::AwaitingHook)
     }
 
-    /// Report the output of the last [`Step::Etcdctl`].
+    /// Report the output of the last [`Step::Etcdctl`] or [`Step::Watch`].
     pub fn handle(&mut self, output: Output) {
+        if matches!(self.state, State::WatchingLock | State::WatchingHook) {
+            self.after_watch(&output);
+            return;
+        }
         if let Some(failure) = etcdctl::classify(output.code, &output.stderr, output.timed_out) {
             self.on_failure(failure);
             return;
@@ -358,6 +440,22 @@ impl Worker {
         self.state = match self.advance(state, &output.stdout) {
             Ok(next) => next,
             Err(why) => State::Failed(why),
+        };
+    }
+
+    /// Whatever a watch reports, the next step re-reads etcd, which is where errors are
+    /// judged; a watch that ended without an event or a timeout (etcd unreachable, revision
+    /// compacted) is followed by a backoff so that a failing watch cannot spin.
+    fn after_watch(&mut self, output: &Output) {
+        if etcdctl::watch_saw_event(&output.stdout) {
+            self.backoff_ms = self.timing.min_backoff_ms;
+        } else if !output.timed_out {
+            self.pending_sleep = Some(self.backoff_ms);
+            self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+        }
+        self.state = match self.state {
+            State::WatchingLock => State::ExpectLock,
+            _ => State::ExpectCompleted,
         };
     }
 
@@ -394,8 +492,18 @@ impl Worker {
             },
             State::CheckPending => match first(stdout)? {
                 None => State::Finished,
-                Some(_) if self.holding => State::ExpectPendingHead,
-                Some(_) => State::ExpectLease,
+                Some(head) if self.holding => {
+                    self.claimed = Some(head);
+                    State::ExpectClaim
+                }
+                Some(head) => {
+                    self.next = Some(head);
+                    if self.lease.is_some() {
+                        State::ExpectLock
+                    } else {
+                        State::ExpectLease
+                    }
+                }
             },
             State::ExpectLease => {
                 self.lease = Some(etcdctl::parse_lease_grant(stdout).map_err(|e| e.0)?);
@@ -403,21 +511,48 @@ impl Worker {
                 State::ExpectLock
             }
             State::ExpectLock => {
-                if etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
+                let claiming = self.claimed.is_none() && self.completed.is_none();
+                if reply.succeeded {
                     self.holding = true;
                     self.backoff_ms = self.timing.min_backoff_ms;
-                    if self.completed.is_some() {
+                    if let (true, Some(next)) = (claiming, self.next.take()) {
+                        self.claimed = Some(next);
+                        self.claim_revision = Some(reply.revision);
+                        State::DispatchHook
+                    } else if self.completed.is_some() {
                         State::ExpectPostProcess {
                             release_after: true,
                         }
                     } else if self.claimed.is_some() {
                         // A recovered in-progress op: ours again under the new lock.
+                        self.claim_revision = Some(reply.revision);
                         State::DispatchHook
                     } else {
                         State::ExpectPendingHead
                     }
+                } else if claiming && reply.ranges.first().is_some_and(Vec::is_empty) {
+                    // The lock was free, so the pending head is what changed: look again.
+                    self.next = None;
+                    State::CheckPending
+                } else if claiming
+                    && reply
+                        .ranges
+                        .first()
+                        .and_then(|kvs| kvs.first())
+                        .is_some_and(|kv| {
+                            kv.value == self.owner && Some(&kv.lease) == self.lease.as_ref()
+                        })
+                {
+                    // Held with our own lease: an earlier attempt whose reply was lost took
+                    // it. Whether it also claimed the op is what VerifyClaim finds out.
+                    self.holding = true;
+                    self.claimed = self.next.take();
+                    State::VerifyClaim
                 } else {
-                    State::Contended
+                    State::Contended {
+                        from_revision: reply.revision + 1,
+                    }
                 }
             }
             State::ExpectPendingHead => match first(stdout)? {
@@ -428,7 +563,9 @@ impl Worker {
                 None => State::ExpectRevoke,
             },
             State::ExpectClaim => {
-                if etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
+                if reply.succeeded {
+                    self.claim_revision = Some(reply.revision);
                     State::DispatchHook
                 } else {
                     State::VerifyClaim
@@ -439,6 +576,7 @@ impl Worker {
                     if self.claimed.as_ref().map(|(_, op)| op.op_id()) == Some(found.1.op_id()) =>
                 {
                     self.claimed = Some(found);
+                    self.claim_revision = None;
                     State::DispatchHook
                 }
                 _ => {
@@ -454,7 +592,18 @@ impl Worker {
                     self.claimed = None;
                     State::ExpectPostProcess { release_after }
                 }
-                None => State::AwaitingHook,
+                None => State::ExpectInProgress,
+            },
+            State::ExpectInProgress => match first(stdout)? {
+                Some(_) => State::AwaitingHook,
+                // The hook finalized and released the lock in one transaction: give the
+                // lease back (nothing is attached to it any more) and look for more work.
+                None => {
+                    self.claimed = None;
+                    self.claim_revision = None;
+                    self.holding = false;
+                    State::ExpectRevoke
+                }
             },
             State::ExpectPostProcess { release_after } => {
                 if !etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
@@ -507,6 +656,8 @@ mod tests {
         hook_at: Option<u64>,
         runs: Vec<(u64, u64)>,
         exit: Option<Result<(), String>>,
+        /// A watch under way: key, from revision, deadline.
+        watching: Option<(String, u64, u64)>,
     }
 
     const CALLBACK_MS: u64 = 2_000;
@@ -535,10 +686,12 @@ mod tests {
             hook_at: None,
             runs: vec![],
             exit: None,
+            watching: None,
         }
     }
 
-    /// The lock-granted hook: run the claimed op's callback and finalize it under the lock.
+    /// The lock-granted hook, as the manager runs it (spec/etcd.md §6.4, finalize as
+    /// [`crate::etcd::turn`] decides): run the claimed op's callback and finalize it.
     fn run_hook(etcd: &mut FakeEtcd, unit: &mut Unit) {
         let Some((key, op)) = etcd
             .first(&unit.keys.inprogress)
@@ -560,19 +713,28 @@ mod tests {
             unit.results.remove(0)
         };
         let done = finalize(&op, result);
-        let to = format!("{}{}", unit.keys.completed, done.op_id());
-        let _ = etcd.run(&Call::Txn(txn::move_op(
-            &unit.keys.lock,
+        let worker_claimed = unit.worker.as_ref().and_then(Worker::claimed_op_id);
+        let body = crate::etcd::turn::finalize_body(
+            &unit.keys,
             &unit.owner,
             &key,
-            &to,
-            &done.to_json(),
-        )));
+            &done,
+            worker_claimed.as_deref() == Some(op.op_id().as_str()),
+        );
+        let _ = etcd.run(&Call::Txn(body));
     }
 
     /// Run every unit until all workers exit (or `limit_ms` passes).
     fn run(etcd: &mut FakeEtcd, units: &mut [Unit], limit_ms: u64) {
         while etcd.now_ms < limit_ms {
+            // A watcher wakes at its first event (after etcdctl's latency) or its deadline.
+            for unit in units.iter_mut() {
+                if let Some((key, from, _)) = &unit.watching
+                    && etcd.watch_event(key, *from).is_some()
+                {
+                    unit.wake_at = unit.wake_at.min(etcd.now_ms + ETCDCTL_MS);
+                }
+            }
             let Some(index) = (0..units.len())
                 .filter(|i| units[*i].worker.is_some() || units[*i].hook_at.is_some())
                 .min_by_key(|i| units[*i].hook_at.unwrap_or(u64::MAX).min(units[*i].wake_at))
@@ -592,12 +754,26 @@ mod tests {
             let Some(worker) = unit.worker.as_mut() else {
                 continue;
             };
+            if let Some((key, from, _)) = unit.watching.take() {
+                worker.handle(etcd.run(&Call::Watch {
+                    key,
+                    from_revision: from,
+                }));
+                unit.wake_at = etcd.now_ms;
+                continue;
+            }
             match worker.poll(etcd.now_ms) {
                 Step::Etcdctl(call) => {
                     let output = etcd.run(&call);
                     worker.handle(output);
                     unit.wake_at = etcd.now_ms + ETCDCTL_MS;
                 }
+                Step::Watch(Call::Watch { key, from_revision }, timeout_ms) => {
+                    let deadline = etcd.now_ms + u64::from(timeout_ms);
+                    unit.watching = Some((key, from_revision, deadline));
+                    unit.wake_at = deadline;
+                }
+                Step::Watch(other, _) => panic!("watching with {other:?}"),
                 Step::Sleep(ms) => unit.wake_at = etcd.now_ms + ms,
                 Step::Dispatch(hook) => {
                     if hook == LOCK_GRANTED_HOOK {
@@ -743,7 +919,7 @@ mod tests {
         for _ in 0..100 {
             let step = worker.poll(etcd.now_ms);
             match &step {
-                Step::Etcdctl(call) => worker.handle(etcd.run(call)),
+                Step::Etcdctl(call) | Step::Watch(call, _) => worker.handle(etcd.run(call)),
                 Step::Sleep(ms) => etcd.advance(*ms),
                 Step::Dispatch(_) => {}
                 Step::Exit(_) => {
@@ -787,7 +963,7 @@ mod tests {
                 Step::Etcdctl(call) => {
                     let output = etcd.run(&call);
                     let is_claim =
-                        matches!(&call, Call::Txn(body) if body.contains("/inprogress/"));
+                        matches!(&call, Call::TxnJson(body) if body.contains("/inprogress/"));
                     if is_claim && !applied_once {
                         // Applied on the server, but the reply was lost.
                         applied_once = true;
@@ -801,6 +977,7 @@ mod tests {
                         worker.handle(output);
                     }
                 }
+                Step::Watch(call, _) => panic!("watched {call:?}: its own lock looked taken"),
                 Step::Sleep(ms) => etcd.advance(ms),
                 Step::Dispatch(hook) => {
                     assert_eq!(
