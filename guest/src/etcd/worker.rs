@@ -50,7 +50,8 @@ pub struct Timing {
     pub lease_ttl: u32,
     /// Renew the lease at least this often (milliseconds).
     pub keep_alive_ms: u64,
-    /// First retry delay when the lock is taken (milliseconds); doubles up to `max_backoff_ms`.
+    /// First retry delay after a failed etcdctl call or watch (milliseconds); doubles up to
+    /// `max_backoff_ms`.
     pub min_backoff_ms: u64,
     /// Longest retry delay (milliseconds).
     pub max_backoff_ms: u64,
@@ -60,6 +61,14 @@ pub struct Timing {
     pub retry_budget: u32,
     /// Longest single watch (milliseconds); below `keep_alive_ms` so renewals stay on time.
     pub watch_timeout_ms: u32,
+    /// After releasing, wait this long before competing again, so that units already
+    /// waiting (woken by their watch) take the lock first (milliseconds).
+    pub yield_after_release_ms: u64,
+    /// After losing the race that followed a release, wait this long before watching again
+    /// (milliseconds). The watch starts from the revision of the lost attempt, so nothing is
+    /// missed; the pause only keeps the losers' etcdctl start-ups off the CPU while the
+    /// winner's hook starts (the next release cannot come before that hook has run).
+    pub rewatch_delay_ms: u64,
 }
 
 impl Default for Timing {
@@ -72,6 +81,8 @@ impl Default for Timing {
             hook_timeout_ms: 600_000,
             retry_budget: 12,
             watch_timeout_ms: 10_000,
+            yield_after_release_ms: 50,
+            rewatch_delay_ms: 50,
         }
     }
 }
@@ -224,6 +235,9 @@ pub struct Worker {
     completed: Option<(String, Operation)>,
     /// After a release with more work pending, yield once before competing again.
     yield_before_lock: bool,
+    /// The last lock watch reported an event (a release), so a failed attempt now is a
+    /// lost race.
+    woken_by_release: bool,
     /// A pause to take before the next step (retryable failure).
     pending_sleep: Option<u64>,
     /// Asked to stop: exit after releasing.
@@ -255,6 +269,7 @@ impl Worker {
             next: None,
             completed: None,
             yield_before_lock: false,
+            woken_by_release: false,
             pending_sleep: None,
             stopping: false,
             finished: None,
@@ -303,7 +318,7 @@ impl Worker {
             State::CheckPending => {
                 if self.yield_before_lock {
                     self.yield_before_lock = false;
-                    return Step::Sleep(self.timing.max_backoff_ms);
+                    return Step::Sleep(self.timing.yield_after_release_ms);
                 }
                 Step::Etcdctl(Call::First(self.keys.pending.clone()))
             }
@@ -447,7 +462,9 @@ impl Worker {
     /// judged; a watch that ended without an event or a timeout (etcd unreachable, revision
     /// compacted) is followed by a backoff so that a failing watch cannot spin.
     fn after_watch(&mut self, output: &Output) {
-        if etcdctl::watch_saw_event(&output.stdout) {
+        let saw_event = etcdctl::watch_saw_event(&output.stdout);
+        self.woken_by_release = saw_event && self.state == State::WatchingLock;
+        if saw_event {
             self.backoff_ms = self.timing.min_backoff_ms;
         } else if !output.timed_out {
             self.pending_sleep = Some(self.backoff_ms);
@@ -550,6 +567,9 @@ impl Worker {
                     self.claimed = self.next.take();
                     State::VerifyClaim
                 } else {
+                    if std::mem::take(&mut self.woken_by_release) {
+                        self.pending_sleep = Some(self.timing.rewatch_delay_ms);
+                    }
                     State::Contended {
                         from_revision: reply.revision + 1,
                     }
@@ -618,23 +638,30 @@ impl Worker {
             }
             State::ExpectRevoke => {
                 self.lease = None;
-                State::ExpectReleaseTxn
-            }
-            State::ExpectReleaseTxn => {
-                self.holding = false;
-                self.yield_before_lock = true;
-                if self.stopping {
-                    State::Finished
+                if self.holding {
+                    State::ExpectReleaseTxn
                 } else {
-                    State::CheckPending
+                    // The hook released the lock already (or it was never taken).
+                    self.after_release()
                 }
             }
+            State::ExpectReleaseTxn => self.after_release(),
             State::ExpectKeepAlive { resume } => {
                 self.last_keep_alive_ms = self.now_ms;
                 *resume
             }
             other => other,
         })
+    }
+
+    fn after_release(&mut self) -> State {
+        self.holding = false;
+        self.yield_before_lock = true;
+        if self.stopping {
+            State::Finished
+        } else {
+            State::CheckPending
+        }
     }
 }
 

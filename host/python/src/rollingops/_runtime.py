@@ -59,7 +59,11 @@ _IMPORTS: dict[str, dict[str, str]] = {
         'dispatch': 'dispatch',
     },
     'clock': {'now-micros': 'now_micros', 'sleep-ms': 'sleep_ms'},
-    'process': {'run-etcdctl': 'run_etcdctl', 'start-worker': 'start_worker'},
+    'process': {
+        'run-etcdctl': 'run_etcdctl',
+        'watch-etcdctl': 'watch_etcdctl',
+        'start-worker': 'start_worker',
+    },
     'files': {'read': 'read', 'write': 'write', 'remove': 'remove'},
     'crypto': {'generate-client-identity': 'generate_client_identity'},
     'charm': {
