@@ -685,6 +685,8 @@ mod tests {
         exit: Option<Result<(), String>>,
         /// A watch under way: key, from revision, deadline.
         watching: Option<(String, u64, u64)>,
+        /// etcdctl invocations (calls and watches) made by the worker.
+        invocations: u32,
     }
 
     const CALLBACK_MS: u64 = 2_000;
@@ -714,6 +716,7 @@ mod tests {
             runs: vec![],
             exit: None,
             watching: None,
+            invocations: 0,
         }
     }
 
@@ -791,11 +794,13 @@ mod tests {
             }
             match worker.poll(etcd.now_ms) {
                 Step::Etcdctl(call) => {
+                    unit.invocations += 1;
                     let output = etcd.run(&call);
                     worker.handle(output);
                     unit.wake_at = etcd.now_ms + ETCDCTL_MS;
                 }
                 Step::Watch(Call::Watch { key, from_revision }, timeout_ms) => {
+                    unit.invocations += 1;
                     let deadline = etcd.now_ms + u64::from(timeout_ms);
                     unit.watching = Some((key, from_revision, deadline));
                     unit.wake_at = deadline;
@@ -860,9 +865,88 @@ mod tests {
         runs.sort();
         for pair in runs.windows(2) {
             let gap = pair[1].0 - pair[0].1;
-            // Release, next contender's backoff (≤ 1 s), claim, dispatch, hook delay.
-            assert!(gap < 2_000, "hand-off took {gap} ms");
+            // The hook's finalize releases, the waiter's watch fires, one lock+claim txn,
+            // the dispatch and the hook's start: no backoff or poll interval in between.
+            let expected = 3 * ETCDCTL_MS + HOOK_DELAY_MS;
+            assert!(
+                gap <= expected,
+                "hand-off took {gap} ms, expected {expected}"
+            );
         }
+        // The last unit waited behind four callbacks of 2 s; polling every 250 ms would
+        // take ~40 calls. Watching costs a few per hand-off it sees.
+        for unit in &units {
+            assert!(
+                unit.invocations <= 30,
+                "{} made {} etcdctl invocations",
+                unit.owner,
+                unit.invocations
+            );
+        }
+    }
+
+    #[test]
+    fn a_release_before_the_watch_starts_is_not_missed() {
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        etcd.put(&u.keys.lock, "someone-else");
+        let worker = u.worker.as_mut().unwrap();
+        let watch = loop {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => worker.handle(etcd.run(&call)),
+                Step::Watch(call, _) => break call,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let seen_held_at = etcd.revision;
+        assert_eq!(
+            watch,
+            Call::Watch {
+                key: u.keys.lock.clone(),
+                from_revision: seen_held_at + 1
+            }
+        );
+        // Released (and another key written) before the watch starts.
+        etcd.delete(&u.keys.lock);
+        etcd.put("/unrelated", "x");
+        let seen = etcd.run(&watch);
+        assert!(
+            !seen.timed_out && seen.stdout.starts_with("DELETE"),
+            "{seen:?}"
+        );
+        worker.handle(seen);
+        let Step::Etcdctl(acquire @ Call::TxnJson(_)) = worker.poll(etcd.now_ms) else {
+            panic!("no attempt after the release");
+        };
+        worker.handle(etcd.run(&acquire));
+        assert_eq!(worker.poll(etcd.now_ms), Step::Dispatch(LOCK_GRANTED_HOOK));
+        assert_eq!(etcd.get(&u.keys.lock), Some(u.owner.as_str()));
+        assert!(
+            etcd.first(&u.keys.inprogress).is_some(),
+            "claimed with the lock"
+        );
+    }
+
+    #[test]
+    fn a_watch_that_ends_without_an_event_backs_off_instead_of_spinning() {
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        etcd.put(&u.keys.lock, "someone-else");
+        let worker = u.worker.as_mut().unwrap();
+        loop {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => worker.handle(etcd.run(&call)),
+                Step::Watch(..) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        worker.handle(Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: "Error: context deadline exceeded".into(),
+            timed_out: false,
+        });
+        assert!(matches!(worker.poll(etcd.now_ms), Step::Sleep(ms) if ms > 0));
     }
 
     #[test]

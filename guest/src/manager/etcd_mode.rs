@@ -653,6 +653,41 @@ mod tests {
     }
 
     #[test]
+    fn the_hook_releases_the_lock_with_the_result_when_our_worker_claimed_the_op() {
+        for (result, requeued) in [("release", false), ("retry-release", true)] {
+            let mut world = World::configured();
+            request(&mut world.unit(), "{}");
+            worker_claims(&mut world);
+            let keys = world.keys();
+            let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
+            let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
+            world.files.insert(
+                crate::etcd::worker::CLAIM_FILE.into(),
+                op_id.as_bytes().to_vec(),
+            );
+            let mut unit = world.unit();
+            unit.result = Some(result.into());
+            event(&mut unit, Event::LockGranted);
+            assert_eq!(unit.calls, ["restart"]);
+            assert_eq!(
+                world.etcd.get(&keys.lock),
+                None,
+                "lock released by the hook"
+            );
+            assert_eq!(world.etcd.first(&keys.inprogress), None);
+            assert_eq!(world.etcd.first(&keys.completed), None);
+            let pending = world.etcd.first(&keys.pending).map(|(_, v)| v);
+            assert_eq!(pending.is_some(), requeued, "{pending:?}");
+            let bag = world.bag();
+            assert_eq!(bag["processing_backend"], "etcd", "no fallback");
+            assert_eq!(
+                bag["state"],
+                if requeued { "retry-release" } else { "idle" }
+            );
+        }
+    }
+
+    #[test]
     fn s11_6_hooks_that_find_nothing_claimed_do_not_fall_back() {
         let mut world = World::configured();
         request(&mut world.unit(), "{}");
