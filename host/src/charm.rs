@@ -50,6 +50,7 @@ use crate::cache::CacheOutcome;
 use crate::juju::{CharmCode, JujuEnv, JujuHost};
 use crate::runtime::{self, Runtime, Session};
 use crate::sandbox::Sandbox;
+use crate::worker_process::WorkerLaunch;
 
 /// The reference's default runtime directory.
 pub const DEFAULT_BASE_DIR: &str = "/var/lib/rollingops";
@@ -299,6 +300,7 @@ pub struct Builder {
     base_dir: PathBuf,
     callbacks: BTreeMap<String, Callback>,
     sync_locks: BTreeMap<String, Box<dyn SyncLockBackend>>,
+    worker_program: Option<PathBuf>,
 }
 
 impl Builder {
@@ -327,6 +329,15 @@ impl Builder {
     /// dispatch log live there.
     pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = dir.into();
+        self
+    }
+
+    /// The `rollingops` binary that runs this unit's etcd worker (`rollingops worker`,
+    /// started detached when the unit has etcd work). Default:
+    /// `<charm_dir>/usr/bin/rollingops`, next to the `etcdctl` the charm ships; without it
+    /// the unit stays on the peer relation.
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_program = Some(path.into());
         self
     }
 
@@ -376,7 +387,15 @@ impl Builder {
             callbacks: self.callbacks,
             sync_locks: self.sync_locks,
         };
-        let host = JujuHost::new(env, self.base_dir.clone(), Box::new(registry));
+        let launch = WorkerLaunch {
+            program: (self.worker_program.clone())
+                .unwrap_or_else(|| env.charm_dir.join("usr/bin/rollingops")),
+            peer_relation: self.peer_relation_name.clone(),
+            etcd_relation: self.etcd_relation_name.clone(),
+            cluster_id: self.cluster_id.clone(),
+        };
+        let host =
+            JujuHost::new(env, self.base_dir.clone(), Box::new(registry)).with_worker(launch);
         let started = Instant::now();
         let session = Session::new(runtime, Box::new(host), sandbox, &config)?;
         Ok(RollingOpsManager {
@@ -412,6 +431,7 @@ impl RollingOpsManager {
             base_dir: PathBuf::from(DEFAULT_BASE_DIR),
             callbacks: BTreeMap::new(),
             sync_locks: BTreeMap::new(),
+            worker_program: None,
         }
     }
 

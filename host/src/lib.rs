@@ -23,6 +23,7 @@ pub mod juju;
 pub mod runtime;
 pub mod sandbox;
 pub mod sim;
+pub mod worker_process;
 
 pub use bindings::juju::rollingops::charm::SyncBackendError;
 pub use bindings::juju::rollingops::types::{
