@@ -411,3 +411,169 @@ fn a_waiting_worker_blocks_on_etcd_and_starts_at_the_release() {
     worker.handle(seen);
     assert_eq!(until_dispatch(&mut worker, &sandbox, &env), 1);
 }
+
+/// A unit's host for the component's `run-worker`: real time, and a lock-granted dispatch
+/// that runs the hook's etcd part (as the manager does) in the background, like juju-exec.
+struct WorkerHost {
+    env: Vec<(String, String)>,
+    sandbox: Sandbox,
+    keys: Keys,
+    owner: String,
+    base_dir: std::path::PathBuf,
+    dispatched: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+    hooks: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl rollingops::Host for WorkerHost {
+    fn unit_name(&mut self) -> String {
+        "app/0".into()
+    }
+    fn model_uuid(&mut self) -> String {
+        "model".into()
+    }
+    fn is_leader(&mut self) -> Result<bool, rollingops::WitError> {
+        Ok(false)
+    }
+    fn relation_ids(&mut self, _: &str) -> Result<Vec<u32>, rollingops::WitError> {
+        Ok(vec![])
+    }
+    fn relation_units(&mut self, _: u32) -> Result<Vec<String>, rollingops::WitError> {
+        Ok(vec![])
+    }
+    fn relation_get(
+        &mut self,
+        _: u32,
+        _: &rollingops::BagOwner,
+    ) -> Result<Vec<(String, String)>, rollingops::WitError> {
+        Ok(vec![])
+    }
+    fn relation_set(
+        &mut self,
+        _: u32,
+        _: bool,
+        _: &[(String, String)],
+    ) -> Result<(), rollingops::WitError> {
+        Ok(())
+    }
+    fn log(&mut self, _: rollingops::LogLevel, _: &str) {}
+    fn dispatch(&mut self, event: &str) -> Result<(), rollingops::WitError> {
+        self.dispatched
+            .lock()
+            .unwrap()
+            .push((event.to_string(), Instant::now()));
+        if event == LOCK_GRANTED_HOOK {
+            let (sandbox, env, keys, owner) = (
+                self.sandbox.clone(),
+                self.env.clone(),
+                self.keys.clone(),
+                self.owner.clone(),
+            );
+            let claim_file = self
+                .base_dir
+                .join(rollingops_guest::etcd::worker::CLAIM_FILE);
+            self.hooks.push(std::thread::spawn(move || {
+                let claim = std::fs::read_to_string(claim_file).ok();
+                let log = std::sync::Mutex::default();
+                hook(&sandbox, &env, &keys, &owner, claim.as_deref(), &log);
+                assert_eq!(log.lock().unwrap().len(), 1, "the hook ran nothing");
+            }));
+        }
+        Ok(())
+    }
+    fn now_micros(&mut self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    }
+    fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    fn run_callback(&mut self, _: &str, _: &str) -> rollingops::CallbackOutcome {
+        rollingops::CallbackOutcome::Returned(None)
+    }
+    fn sync_backend_acquire(
+        &mut self,
+        _: &str,
+        _: Option<u32>,
+    ) -> Result<(), rollingops::SyncBackendError> {
+        Ok(())
+    }
+    fn sync_backend_release(&mut self, _: &str) -> Result<(), rollingops::SyncBackendError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_components_worker_waits_in_a_watch_and_hands_over_through_the_hook() {
+    let etcd = Etcd::start(29_790, 1);
+    let (env, sandbox) = (etcd.env(), etcd.sandbox());
+    let base_dir = sandbox.base_dir().to_path_buf();
+    let var = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    std::fs::create_dir_all(base_dir.join("etcd")).unwrap();
+    let config = serde_json::json!({
+        "endpoints": var("ETCDCTL_ENDPOINTS"),
+        "cacert_path": var("ETCDCTL_CACERT"),
+        "cert_path": var("ETCDCTL_CERT"),
+        "key_path": var("ETCDCTL_KEY"),
+    });
+    std::fs::write(base_dir.join("etcd/etcdctl.json"), config.to_string()).unwrap();
+    let owner = owner("model", "app/0");
+    let keys = Keys::new("cw", &owner);
+    let op = Operation::new(
+        "restart",
+        Default::default(),
+        None,
+        Timestamp::from_micros(7),
+    );
+    let pending = format!("{}{}", keys.pending, op.op_id());
+    assert_eq!(
+        etcdctl(&env, &["put", &pending], Some(&op.to_json())).code,
+        0
+    );
+    let other = hold_lock(&env, &keys, "someone-else");
+
+    let dispatched = std::sync::Arc::default();
+    let host = WorkerHost {
+        env: env.clone(),
+        sandbox: sandbox.clone(),
+        keys: keys.clone(),
+        owner: owner.clone(),
+        base_dir: base_dir.clone(),
+        dispatched: std::sync::Arc::clone(&dispatched),
+        hooks: vec![],
+    };
+    let worker = std::thread::spawn(move || {
+        let config = rollingops::Config {
+            peer_relation_name: "restart".into(),
+            etcd_relation_name: Some("etcd".into()),
+            cluster_id: Some("cw".into()),
+            base_dir: base_dir.to_string_lossy().into_owned(),
+            callback_ids: vec![],
+            sync_lock_ids: vec![],
+        };
+        let runtime = rollingops_tests::runtime();
+        let mut session =
+            rollingops::Session::new(runtime, Box::new(host), sandbox, &config).unwrap();
+        session.run_worker()
+    });
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert!(
+        dispatched.lock().unwrap().is_empty(),
+        "ran while the lock was held"
+    );
+    let released = Instant::now();
+    assert_eq!(etcdctl(&env, &["lease", "revoke", &other], None).code, 0);
+    worker.join().unwrap().expect("the worker exits cleanly");
+    let dispatched = dispatched.lock().unwrap().clone();
+    assert_eq!(dispatched.len(), 1, "{dispatched:?}");
+    assert_eq!(dispatched[0].0, LOCK_GRANTED_HOOK);
+    let woke = dispatched[0].1.saturating_duration_since(released);
+    assert!(
+        woke < Duration::from_secs(1),
+        "dispatched {woke:?} after the release"
+    );
+    // The op ran and the hook released the lock with its result: nothing is left.
+    let left = etcd.etcdctl(&["get", "/rollingops/", "--prefix", "--keys-only"], None);
+    assert_eq!(left.stdout.trim(), "", "keys left behind");
+}
