@@ -69,6 +69,11 @@ pub struct Timing {
     /// missed; the pause only keeps the losers' etcdctl start-ups off the CPU while the
     /// winner's hook starts (the next release cannot come before that hook has run).
     pub rewatch_delay_ms: u64,
+    /// After the hook's finalize (the watch on the in-progress key fired), wait this long
+    /// before this worker's own bookkeeping (milliseconds): when the hook released the lock
+    /// the next unit is starting, and this worker's etcdctl start-ups would compete with it
+    /// for the CPU.
+    pub after_hook_delay_ms: u64,
 }
 
 impl Default for Timing {
@@ -83,6 +88,7 @@ impl Default for Timing {
             watch_timeout_ms: 10_000,
             yield_after_release_ms: 50,
             rewatch_delay_ms: 50,
+            after_hook_delay_ms: 100,
         }
     }
 }
@@ -466,6 +472,9 @@ impl Worker {
         self.woken_by_release = saw_event && self.state == State::WatchingLock;
         if saw_event {
             self.backoff_ms = self.timing.min_backoff_ms;
+            if self.state == State::WatchingHook {
+                self.pending_sleep = Some(self.timing.after_hook_delay_ms);
+            }
         } else if !output.timed_out {
             self.pending_sleep = Some(self.backoff_ms);
             self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
