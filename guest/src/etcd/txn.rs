@@ -106,6 +106,19 @@ pub fn drop_op(lock: &str, owner: &str, key: &str) -> String {
 // the reference's transactions above (same keys, same values, same lease), so units running
 // the reference see the same states; only the number of round trips differs.
 
+/// T1, reading the lock key when it is held (so the caller can tell whose it is).
+pub fn acquire_or_read(lock: &str, owner: &str, lease_hex: &str) -> String {
+    body_with_failure(
+        &[format!("version({}) = \"0\"", go_quote(lock))],
+        &[format!(
+            "put {} {} --lease={lease_hex}",
+            go_quote(lock),
+            go_quote(owner)
+        )],
+        &[format!("get {}", go_quote(lock))],
+    )
+}
+
 /// T1 followed by T3 pending→inprogress: take the free lock and claim `from_key` in one
 /// round trip. On failure the lock key is read (`get`), so the caller can tell "held by
 /// someone" (watch it) from "free but the op is gone" (look at the queue again).

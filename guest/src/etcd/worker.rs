@@ -343,7 +343,7 @@ impl Worker {
                             &op.to_json(),
                         )
                     }
-                    _ => txn::acquire(&self.keys.lock, &self.owner, &lease),
+                    _ => txn::acquire_or_read(&self.keys.lock, &self.owner, &lease),
                 };
                 Step::Etcdctl(Call::TxnJson(body))
             }
@@ -539,13 +539,25 @@ impl Worker {
             State::ExpectLock => {
                 let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
                 let claiming = self.claimed.is_none() && self.completed.is_none();
-                if reply.succeeded {
+                let holder = reply.ranges.first().and_then(|kvs| kvs.first());
+                // Held with our own lease although the compare failed: an earlier attempt
+                // whose reply was lost took it (a retried call finds its own write).
+                let ours_already = holder.is_some_and(|kv| {
+                    kv.value == self.owner && same_lease(&kv.lease, self.lease.as_deref())
+                });
+                if reply.succeeded || ours_already {
                     self.holding = true;
                     self.backoff_ms = self.timing.min_backoff_ms;
                     if let (true, Some(next)) = (claiming, self.next.take()) {
                         self.claimed = Some(next);
-                        self.claim_revision = Some(reply.revision);
-                        State::DispatchHook
+                        if reply.succeeded {
+                            self.claim_revision = Some(reply.revision);
+                            State::DispatchHook
+                        } else {
+                            // Whether that attempt also claimed the op is what
+                            // VerifyClaim finds out.
+                            State::VerifyClaim
+                        }
                     } else if self.completed.is_some() {
                         State::ExpectPostProcess {
                             release_after: true,
@@ -557,24 +569,10 @@ impl Worker {
                     } else {
                         State::ExpectPendingHead
                     }
-                } else if claiming && reply.ranges.first().is_some_and(Vec::is_empty) {
+                } else if holder.is_none() && claiming {
                     // The lock was free, so the pending head is what changed: look again.
                     self.next = None;
                     State::CheckPending
-                } else if claiming
-                    && reply
-                        .ranges
-                        .first()
-                        .and_then(|kvs| kvs.first())
-                        .is_some_and(|kv| {
-                            kv.value == self.owner && Some(&kv.lease) == self.lease.as_ref()
-                        })
-                {
-                    // Held with our own lease: an earlier attempt whose reply was lost took
-                    // it. Whether it also claimed the op is what VerifyClaim finds out.
-                    self.holding = true;
-                    self.claimed = self.next.take();
-                    State::VerifyClaim
                 } else {
                     if std::mem::take(&mut self.woken_by_release) {
                         self.pending_sleep = Some(self.timing.rewatch_delay_ms);
@@ -672,6 +670,12 @@ impl Worker {
             State::CheckPending
         }
     }
+}
+
+/// Two lease ids in etcdctl's hexadecimal form name the same lease.
+fn same_lease(a: &str, b: Option<&str>) -> bool {
+    let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
+    b.is_some_and(|b| id(a).is_some() && id(a) == id(b))
 }
 
 #[cfg(test)]
@@ -1111,6 +1115,57 @@ mod tests {
             }
         }
         panic!("never dispatched");
+    }
+
+    #[test]
+    fn a_lost_reply_to_the_recovery_lock_is_recognised() {
+        let mut etcd = FakeEtcd::default();
+        let mut units = vec![unit(&mut etcd, "app/0", 1, vec![])];
+        while etcd.first(&units[0].keys.inprogress).is_none() {
+            let until = etcd.now_ms + 10;
+            run(&mut etcd, &mut units, until);
+        }
+        // The worker dies after its claim; its lease lapses; a new worker recovers the op.
+        units[0].worker = None;
+        units[0].hook_at = None;
+        etcd.advance(61_000);
+        let u = &units[0];
+        let mut worker = Worker::new(u.keys.clone(), u.owner.clone(), Timing::default(), 0);
+        let mut lost_once = false;
+        for _ in 0..20 {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => {
+                    let output = etcd.run(&call);
+                    if matches!(&call, Call::TxnJson(_)) && !lost_once {
+                        lost_once = true;
+                        worker.handle(Output {
+                            code: 1,
+                            stdout: String::new(),
+                            stderr: "Error: connection reset by peer".into(),
+                            timed_out: false,
+                        });
+                    } else {
+                        worker.handle(output);
+                    }
+                }
+                Step::Sleep(ms) => etcd.advance(ms),
+                Step::Dispatch(hook) => {
+                    assert_eq!(hook, LOCK_GRANTED_HOOK);
+                    assert!(lost_once && worker.holding());
+                    return;
+                }
+                other => panic!("{other:?}: its own lock looked taken"),
+            }
+        }
+        panic!("never dispatched");
+    }
+
+    #[test]
+    fn lease_ids_compare_as_numbers() {
+        assert!(same_lease("694d9c9aeca3422a", Some("694d9c9aeca3422a")));
+        assert!(same_lease("94d9c9aeca3422a", Some("094d9c9aeca3422a")));
+        assert!(!same_lease("1", Some("2")));
+        assert!(!same_lease("", None));
     }
 
     #[test]
