@@ -87,7 +87,7 @@ impl Default for Timing {
             retry_budget: 12,
             watch_timeout_ms: 10_000,
             yield_after_release_ms: 50,
-            rewatch_delay_ms: 50,
+            rewatch_delay_ms: 20,
             after_hook_delay_ms: 100,
         }
     }
