@@ -533,6 +533,7 @@ fn the_components_worker_waits_in_a_watch_and_hands_over_through_the_hook() {
     );
     let other = hold_lock(&env, &keys, "someone-else");
 
+    let claim_file = base_dir.join(rollingops_guest::etcd::worker::CLAIM_FILE);
     let dispatched = std::sync::Arc::default();
     let host = WorkerHost {
         env: env.clone(),
@@ -565,6 +566,7 @@ fn the_components_worker_waits_in_a_watch_and_hands_over_through_the_hook() {
     let released = Instant::now();
     assert_eq!(etcdctl(&env, &["lease", "revoke", &other], None).code, 0);
     worker.join().unwrap().expect("the worker exits cleanly");
+    assert!(!claim_file.exists(), "the claim outlived the worker");
     let dispatched = dispatched.lock().unwrap().clone();
     assert_eq!(dispatched.len(), 1, "{dispatched:?}");
     assert_eq!(dispatched[0].0, LOCK_GRANTED_HOOK);

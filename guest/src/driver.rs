@@ -428,13 +428,19 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
                     fx.log(LogLevel::Error, &format!("Could not dispatch {event}: {e}"));
                 }
             }
-            Step::Exit(Ok(())) => {
-                fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
-                return Ok(());
-            }
-            Step::Exit(Err(why)) => {
-                fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
-                return Err(Error::Etcdctl(why));
+            Step::Exit(result) => {
+                // No hook is left to read the claim; a stale one could only mislead.
+                let _ = fx.remove_file(worker::CLAIM_FILE);
+                return match result {
+                    Ok(()) => {
+                        fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
+                        Ok(())
+                    }
+                    Err(why) => {
+                        fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
+                        Err(Error::Etcdctl(why))
+                    }
+                };
             }
         }
     }
