@@ -424,4 +424,5 @@ fn main() {
         let (m, p) = stats(&values);
         println!("    {what:<56} {m:>6.1} {p:>6.1}");
     }
+    let _ = std::fs::remove_dir_all(charm_dir());
 }
