@@ -800,6 +800,18 @@ fn cli_errors_are_clear_outside_a_hook_and_in_peer_mode() {
         "{:?}",
         std::fs::read_to_string(&log)
     );
+    // One worker per unit: while one holds the worker lock, another exits at once.
+    let base = model.base_dir("app/0");
+    assert!(model.wait_until(Duration::from_secs(10), |_| {
+        !rollingops::worker_process::worker_running(&base).unwrap()
+    }));
+    let held = rollingops::worker_process::take_worker_lock(&base)
+        .unwrap()
+        .expect("no worker runs now");
+    let (code, _, stderr) = rollingops(&model, "app/0", "worker --peer-relation restart");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("already running"), "{stderr}");
+    drop(held);
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -1,62 +1,93 @@
 //! The etcd worker's protocol against a real etcd (Debian's `etcd-server`/`etcd-client`):
 //! workers of several units, each driven by the core's state machine and running the real
-//! `etcdctl`, contend for one lock key; the lock-granted hook is played in-process.
+//! `etcdctl` through the host library's sandbox (calls and watches), contend for one lock
+//! key; the lock-granted hook's etcd steps are the manager's own ([`turn`]), in-process.
 
 use std::time::{Duration, Instant};
 
+use rollingops::sandbox::Sandbox;
 use rollingops_guest::etcd::keys::{Keys, owner};
 use rollingops_guest::etcd::queue::finalize;
-use rollingops_guest::etcd::txn;
+use rollingops_guest::etcd::turn;
 use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use rollingops_guest::{Operation, OperationResult, Timestamp};
 use rollingops_tests::etcd_cluster::{Etcd, etcdctl};
 
-fn run_call(env: &[(String, String)], call: &Call) -> Output {
-    let (args, stdin) = call.argv();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    etcdctl(env, &args, stdin.as_deref())
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+fn output(out: rollingops::ExecOutput) -> Output {
+    Output {
+        code: out.code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        timed_out: out.timed_out,
+    }
 }
 
-/// The lock-granted hook: run the claimed op under the lock, then finalize it.
+fn run_call(sandbox: &Sandbox, env: &[(String, String)], call: &Call) -> Output {
+    let (args, stdin) = call.argv();
+    output(
+        sandbox
+            .run_etcdctl(&args, env, stdin.as_deref(), TIMEOUT)
+            .expect("etcdctl runs"),
+    )
+}
+
+fn watch_call(sandbox: &Sandbox, env: &[(String, String)], call: &Call, timeout_ms: u32) -> Output {
+    let (args, _) = call.argv();
+    let timeout = Duration::from_millis(timeout_ms.into());
+    output(
+        sandbox
+            .watch_etcdctl(&args, env, timeout)
+            .expect("etcdctl runs"),
+    )
+}
+
+/// The lock-granted hook's etcd part, as the manager does it: one read (is the lock ours,
+/// what is claimed), the callback, and the finalize transaction (which also releases the
+/// lock when `claim`, the worker's claim file, names the op).
 fn hook(
+    sandbox: &Sandbox,
     env: &[(String, String)],
     keys: &Keys,
     owner: &str,
+    claim: Option<&str>,
     log: &std::sync::Mutex<Vec<(String, Instant, Instant)>>,
 ) {
     // Like the real hook, retry transient failures (a member may be down).
-    let retrying = |args: &[&str], stdin: Option<&str>| {
+    let retrying = |call: &Call| {
         for _ in 0..5 {
-            let out = etcdctl(env, args, stdin);
+            let out = run_call(sandbox, env, call);
             if out.code == 0 {
                 return out;
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        panic!("etcdctl {args:?} kept failing");
+        panic!("etcdctl {call:?} kept failing");
     };
-    let head = retrying(&["get", &keys.inprogress, "--prefix", "--limit=1"], None);
-    let mut lines = head.stdout.lines();
-    let (Some(key), Some(value)) = (lines.next(), lines.next()) else {
+    let facts = turn::parse(&retrying(&turn::read(keys)).stdout).expect("facts");
+    let Some((key, op)) = facts.inprogress else {
         return;
     };
-    let op = Operation::from_json(value).expect("a valid op in inprogress");
-    let holder = retrying(&["get", &keys.lock, "--print-value-only"], None);
-    assert_eq!(holder.stdout.trim(), owner, "the hook ran without the lock");
+    assert_eq!(
+        facts.lock_holder.as_deref(),
+        Some(owner),
+        "the hook ran without the lock"
+    );
     let start = Instant::now();
     std::thread::sleep(Duration::from_millis(150));
     log.lock()
         .unwrap()
         .push((owner.to_string(), start, Instant::now()));
     let done = finalize(&op, OperationResult::Release);
-    let to = format!("{}{}", keys.completed, done.op_id());
-    let body = txn::move_op(&keys.lock, owner, key, &to, &done.to_json());
+    let worker_waits = claim == Some(op.op_id().as_str());
+    let body = turn::finalize_body(keys, owner, &key, &done, worker_waits);
     // A retried transaction may find its own earlier, ambiguous attempt applied.
-    let outcome = retrying(&["txn"], Some(&body));
+    let outcome = retrying(&Call::Txn(body));
     if outcome.stdout.lines().next() != Some("SUCCESS") {
-        let done = retrying(&["get", &to, "--print-value-only"], None);
+        let gone = retrying(&Call::First(keys.inprogress.clone()));
         assert!(
-            !done.stdout.trim().is_empty(),
+            gone.stdout.trim().is_empty(),
             "finalize failed: {outcome:?}"
         );
     }
@@ -70,6 +101,7 @@ type WorkerThread = std::thread::JoinHandle<(Result<(), String>, Vec<&'static st
 /// `units` workers, each with `ops` queued ops, contending on one cluster until they exit.
 /// Returns the worker threads; the callback runs go to `log`.
 fn contend(
+    sandbox: Sandbox,
     env: Vec<(String, String)>,
     units: usize,
     ops: usize,
@@ -81,6 +113,7 @@ fn contend(
             let env = env.clone();
             let log = log.clone();
             let timing = timing.clone();
+            let sandbox = sandbox.clone();
             std::thread::spawn(move || {
                 let owner = owner("model", &format!("app/{i}"));
                 let keys = Keys::new("cluster-1", &owner);
@@ -107,12 +140,16 @@ fn contend(
                 let mut dispatched = Vec::new();
                 loop {
                     match worker.poll(clock.elapsed().as_millis() as u64) {
-                        Step::Etcdctl(call) => worker.handle(run_call(&env, &call)),
+                        Step::Etcdctl(call) => worker.handle(run_call(&sandbox, &env, &call)),
+                        Step::Watch(call, ms) => {
+                            worker.handle(watch_call(&sandbox, &env, &call, ms))
+                        }
                         Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
                         Step::Dispatch(event) => {
                             dispatched.push(event);
                             if event == LOCK_GRANTED_HOOK {
-                                hook(&env, &keys, &owner, &log);
+                                let claim = worker.claimed_op_id();
+                                hook(&sandbox, &env, &keys, &owner, claim.as_deref(), &log);
                             }
                         }
                         Step::Exit(result) => return (result, dispatched),
@@ -140,7 +177,14 @@ fn assert_no_overlap(log: &RunLog) {
 fn workers_over_tls_take_turns_and_drain_their_queues() {
     let etcd = Etcd::start(23_790, 1);
     let log = RunLog::default();
-    for worker in contend(etcd.env(), 4, 2, Timing::default(), log.clone()) {
+    for worker in contend(
+        etcd.sandbox(),
+        etcd.env(),
+        4,
+        2,
+        Timing::default(),
+        log.clone(),
+    ) {
         assert_eq!(worker.join().unwrap().0, Ok(()));
     }
     assert_eq!(log.lock().unwrap().len(), 8);
@@ -174,7 +218,14 @@ fn a_client_without_a_certificate_is_refused() {
 fn three_members_losing_one_keeps_the_lock_working() {
     let mut etcd = Etcd::start(24_790, 3);
     let log = RunLog::default();
-    let workers = contend(etcd.env(), 3, 2, Timing::default(), log.clone());
+    let workers = contend(
+        etcd.sandbox(),
+        etcd.env(),
+        3,
+        2,
+        Timing::default(),
+        log.clone(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while log.lock().unwrap().len() < 2 {
         assert!(Instant::now() < deadline, "no progress before the failure");
@@ -196,6 +247,7 @@ fn three_members_losing_one_keeps_the_lock_working() {
 fn three_members_losing_quorum_asks_for_the_fallback() {
     let mut etcd = Etcd::start(25_790, 3);
     let env = etcd.env();
+    let sandbox = etcd.sandbox();
     etcd.kill(1);
     etcd.kill(2);
     let timing = Timing {
@@ -208,6 +260,7 @@ fn three_members_losing_quorum_asks_for_the_fallback() {
         .map(|i| {
             let env = env.clone();
             let timing = timing.clone();
+            let sandbox = sandbox.clone();
             std::thread::spawn(move || {
                 let owner = owner("model", &format!("app/{i}"));
                 let mut worker = Worker::new(Keys::new("cluster-1", &owner), owner, timing, 0);
@@ -215,7 +268,10 @@ fn three_members_losing_quorum_asks_for_the_fallback() {
                 let mut dispatched = Vec::new();
                 loop {
                     match worker.poll(clock.elapsed().as_millis() as u64) {
-                        Step::Etcdctl(call) => worker.handle(run_call(&env, &call)),
+                        Step::Etcdctl(call) => worker.handle(run_call(&sandbox, &env, &call)),
+                        Step::Watch(call, ms) => {
+                            worker.handle(watch_call(&sandbox, &env, &call, ms))
+                        }
                         Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
                         Step::Dispatch(event) => dispatched.push(event),
                         Step::Exit(result) => return (result, dispatched),
@@ -233,4 +289,293 @@ fn three_members_losing_quorum_asks_for_the_fallback() {
         );
     }
     assert!(log.lock().unwrap().is_empty());
+}
+
+/// Another unit's lock, held with its own lease.
+fn hold_lock(env: &[(String, String)], keys: &Keys, holder: &str) -> String {
+    let grant = etcdctl(env, &["lease", "grant", "60"], None);
+    let lease = rollingops_guest::etcd::etcdctl::parse_lease_grant(&grant.stdout).unwrap();
+    let put = etcdctl(
+        env,
+        &["put", &keys.lock, holder, &format!("--lease={lease}")],
+        None,
+    );
+    assert_eq!(put.code, 0, "{put:?}");
+    lease
+}
+
+/// A worker with one pending op, driven until it asks to watch the lock (its attempt found
+/// the lock held); returns the worker and that watch.
+fn worker_until_watch(
+    sandbox: &Sandbox,
+    env: &[(String, String)],
+    unit: &str,
+) -> (Worker, Call, u32) {
+    let owner = owner("model", unit);
+    let keys = Keys::new("cluster-w", &owner);
+    let op = Operation::new(
+        "restart",
+        Default::default(),
+        None,
+        Timestamp::from_micros(1),
+    );
+    let key = format!("{}{}", keys.pending, op.op_id());
+    assert_eq!(etcdctl(env, &["put", &key], Some(&op.to_json())).code, 0);
+    let mut worker = Worker::new(keys, owner, Timing::default(), 0);
+    for _ in 0..20 {
+        match worker.poll(0) {
+            Step::Etcdctl(call) => worker.handle(run_call(sandbox, env, &call)),
+            Step::Watch(call, ms) => return (worker, call, ms),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("the worker never watched");
+}
+
+/// Drive a worker (no watch expected) until it dispatches the lock-granted hook.
+fn until_dispatch(worker: &mut Worker, sandbox: &Sandbox, env: &[(String, String)]) -> usize {
+    let mut calls = 0;
+    for _ in 0..20 {
+        match worker.poll(0) {
+            Step::Etcdctl(call) => {
+                calls += 1;
+                worker.handle(run_call(sandbox, env, &call));
+            }
+            Step::Dispatch(event) => {
+                assert_eq!(event, LOCK_GRANTED_HOOK);
+                return calls;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("never dispatched");
+}
+
+#[test]
+fn a_release_before_the_watch_starts_is_not_missed() {
+    let etcd = Etcd::start(27_790, 1);
+    let (env, sandbox) = (etcd.env(), etcd.sandbox());
+    let keys = Keys::new("cluster-w", "someone-else");
+    hold_lock(&env, &keys, "someone-else");
+    let (mut worker, watch, timeout_ms) = worker_until_watch(&sandbox, &env, "app/1");
+    assert!(matches!(&watch, Call::Watch { key, .. } if *key == keys.lock));
+    // The holder releases between the failed attempt and the watch's start.
+    assert_eq!(etcdctl(&env, &["del", &keys.lock], None).code, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let seen = watch_call(&sandbox, &env, &watch, timeout_ms);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the watch waited for an event that had already happened"
+    );
+    assert!(!seen.timed_out);
+    assert_eq!(seen.stdout.lines().next(), Some("DELETE"), "{seen:?}");
+    worker.handle(seen);
+    // One transaction takes the lock and claims the op.
+    assert_eq!(until_dispatch(&mut worker, &sandbox, &env), 1);
+    assert!(worker.holding());
+    let holder = etcdctl(&env, &["get", &keys.lock, "--print-value-only"], None);
+    assert_eq!(holder.stdout.trim(), owner("model", "app/1"));
+}
+
+#[test]
+fn a_waiting_worker_blocks_on_etcd_and_starts_at_the_release() {
+    let etcd = Etcd::start(28_790, 1);
+    let (env, sandbox) = (etcd.env(), etcd.sandbox());
+    let keys = Keys::new("cluster-w", "someone-else");
+    let lease = hold_lock(&env, &keys, "someone-else");
+    let (mut worker, watch, timeout_ms) = worker_until_watch(&sandbox, &env, "app/2");
+    let releaser = {
+        let env = env.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1_500));
+            let released = Instant::now();
+            assert_eq!(etcdctl(&env, &["lease", "revoke", &lease], None).code, 0);
+            released
+        })
+    };
+    // Blocked in one watch the whole time, not polling.
+    let started = Instant::now();
+    let seen = watch_call(&sandbox, &env, &watch, timeout_ms);
+    let woke = Instant::now();
+    let released = releaser.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "returned before the release"
+    );
+    assert!(
+        woke.saturating_duration_since(released) < Duration::from_millis(500),
+        "woke {:?} after the release",
+        woke.saturating_duration_since(released)
+    );
+    worker.handle(seen);
+    assert_eq!(until_dispatch(&mut worker, &sandbox, &env), 1);
+}
+
+/// A unit's host for the component's `run-worker`: real time, and a lock-granted dispatch
+/// that runs the hook's etcd part (as the manager does) in the background, like juju-exec.
+struct WorkerHost {
+    env: Vec<(String, String)>,
+    sandbox: Sandbox,
+    keys: Keys,
+    owner: String,
+    base_dir: std::path::PathBuf,
+    dispatched: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+    hooks: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl rollingops::Host for WorkerHost {
+    fn unit_name(&mut self) -> String {
+        "app/0".into()
+    }
+    fn model_uuid(&mut self) -> String {
+        "model".into()
+    }
+    fn is_leader(&mut self) -> Result<bool, rollingops::WitError> {
+        Ok(false)
+    }
+    fn relation_ids(&mut self, _: &str) -> Result<Vec<u32>, rollingops::WitError> {
+        Ok(vec![])
+    }
+    fn relation_units(&mut self, _: u32) -> Result<Vec<String>, rollingops::WitError> {
+        Ok(vec![])
+    }
+    fn relation_get(
+        &mut self,
+        _: u32,
+        _: &rollingops::BagOwner,
+    ) -> Result<Vec<(String, String)>, rollingops::WitError> {
+        Ok(vec![])
+    }
+    fn relation_set(
+        &mut self,
+        _: u32,
+        _: bool,
+        _: &[(String, String)],
+    ) -> Result<(), rollingops::WitError> {
+        Ok(())
+    }
+    fn log(&mut self, _: rollingops::LogLevel, _: &str) {}
+    fn dispatch(&mut self, event: &str) -> Result<(), rollingops::WitError> {
+        self.dispatched
+            .lock()
+            .unwrap()
+            .push((event.to_string(), Instant::now()));
+        if event == LOCK_GRANTED_HOOK {
+            let (sandbox, env, keys, owner) = (
+                self.sandbox.clone(),
+                self.env.clone(),
+                self.keys.clone(),
+                self.owner.clone(),
+            );
+            let claim_file = self
+                .base_dir
+                .join(rollingops_guest::etcd::worker::CLAIM_FILE);
+            self.hooks.push(std::thread::spawn(move || {
+                let claim = std::fs::read_to_string(claim_file).ok();
+                let log = std::sync::Mutex::default();
+                hook(&sandbox, &env, &keys, &owner, claim.as_deref(), &log);
+                assert_eq!(log.lock().unwrap().len(), 1, "the hook ran nothing");
+            }));
+        }
+        Ok(())
+    }
+    fn now_micros(&mut self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    }
+    fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    fn run_callback(&mut self, _: &str, _: &str) -> rollingops::CallbackOutcome {
+        rollingops::CallbackOutcome::Returned(None)
+    }
+    fn sync_backend_acquire(
+        &mut self,
+        _: &str,
+        _: Option<u32>,
+    ) -> Result<(), rollingops::SyncBackendError> {
+        Ok(())
+    }
+    fn sync_backend_release(&mut self, _: &str) -> Result<(), rollingops::SyncBackendError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_components_worker_waits_in_a_watch_and_hands_over_through_the_hook() {
+    let etcd = Etcd::start(29_790, 1);
+    let (env, sandbox) = (etcd.env(), etcd.sandbox());
+    let base_dir = sandbox.base_dir().to_path_buf();
+    let var = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    std::fs::create_dir_all(base_dir.join("etcd")).unwrap();
+    let config = serde_json::json!({
+        "endpoints": var("ETCDCTL_ENDPOINTS"),
+        "cacert_path": var("ETCDCTL_CACERT"),
+        "cert_path": var("ETCDCTL_CERT"),
+        "key_path": var("ETCDCTL_KEY"),
+    });
+    std::fs::write(base_dir.join("etcd/etcdctl.json"), config.to_string()).unwrap();
+    let owner = owner("model", "app/0");
+    let keys = Keys::new("cw", &owner);
+    let op = Operation::new(
+        "restart",
+        Default::default(),
+        None,
+        Timestamp::from_micros(7),
+    );
+    let pending = format!("{}{}", keys.pending, op.op_id());
+    assert_eq!(
+        etcdctl(&env, &["put", &pending], Some(&op.to_json())).code,
+        0
+    );
+    let other = hold_lock(&env, &keys, "someone-else");
+
+    let claim_file = base_dir.join(rollingops_guest::etcd::worker::CLAIM_FILE);
+    let dispatched = std::sync::Arc::default();
+    let host = WorkerHost {
+        env: env.clone(),
+        sandbox: sandbox.clone(),
+        keys: keys.clone(),
+        owner: owner.clone(),
+        base_dir: base_dir.clone(),
+        dispatched: std::sync::Arc::clone(&dispatched),
+        hooks: vec![],
+    };
+    let worker = std::thread::spawn(move || {
+        let config = rollingops::Config {
+            peer_relation_name: "restart".into(),
+            etcd_relation_name: Some("etcd".into()),
+            cluster_id: Some("cw".into()),
+            base_dir: base_dir.to_string_lossy().into_owned(),
+            callback_ids: vec![],
+            sync_lock_ids: vec![],
+        };
+        let runtime = rollingops_tests::runtime();
+        let mut session =
+            rollingops::Session::new(runtime, Box::new(host), sandbox, &config).unwrap();
+        session.run_worker()
+    });
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert!(
+        dispatched.lock().unwrap().is_empty(),
+        "ran while the lock was held"
+    );
+    let released = Instant::now();
+    assert_eq!(etcdctl(&env, &["lease", "revoke", &other], None).code, 0);
+    worker.join().unwrap().expect("the worker exits cleanly");
+    assert!(!claim_file.exists(), "the claim outlived the worker");
+    let dispatched = dispatched.lock().unwrap().clone();
+    assert_eq!(dispatched.len(), 1, "{dispatched:?}");
+    assert_eq!(dispatched[0].0, LOCK_GRANTED_HOOK);
+    let woke = dispatched[0].1.saturating_duration_since(released);
+    assert!(
+        woke < Duration::from_secs(1),
+        "dispatched {woke:?} after the release"
+    );
+    // The op ran and the hook released the lock with its result: nothing is left.
+    let left = etcd.etcdctl(&["get", "/rollingops/", "--prefix", "--keys-only"], None);
+    assert_eq!(left.stdout.trim(), "", "keys left behind");
 }

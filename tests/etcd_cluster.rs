@@ -170,6 +170,21 @@ impl Etcd {
         etcdctl(&self.env(), args, stdin)
     }
 
+    /// The host library's sandbox over a charm directory whose `usr/bin/etcdctl` is the
+    /// system's: etcdctl calls and watches exactly as the Rust hosts make them.
+    pub fn sandbox(&self) -> rollingops::sandbox::Sandbox {
+        let charm = self.dir.join("charm");
+        let bin = charm.join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let link = bin.join("etcdctl");
+        if !link.exists() {
+            let which = Command::new("which").arg("etcdctl").output().unwrap();
+            let system = String::from_utf8(which.stdout).unwrap();
+            std::os::unix::fs::symlink(system.trim(), &link).unwrap();
+        }
+        rollingops::sandbox::Sandbox::new(&charm, self.dir.join("base"))
+    }
+
     pub fn kill(&mut self, member: usize) {
         if let Some(mut child) = self.members[member].take() {
             let _ = child.kill();

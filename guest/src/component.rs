@@ -293,6 +293,21 @@ impl Effects for Imports {
         })
     }
 
+    fn watch_etcdctl(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let out = process::watch_etcdctl(args, env, timeout_ms).map_err(from_wit)?;
+        Ok(Output {
+            code: out.code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            timed_out: out.timed_out,
+        })
+    }
+
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
         let found = files::read(path).map_err(from_wit)?;
         Ok(found.exists.then_some(found.data))

@@ -6,10 +6,11 @@ use crate::error::Error;
 use crate::etcd::config::{ETCDCTL_JSON, SERVER_CA, environment};
 use crate::etcd::etcdctl::{self, Failure};
 use crate::etcd::keys;
-use crate::etcd::worker::{self, Call, Output, Step, Timing, Worker};
+use crate::etcd::turn;
+use crate::etcd::worker::{self, Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use crate::manager::{
-    CallbackOutcome, ClientIdentity, Command, Config, EtcdContext, EtcdFacts, Event, HookContext,
-    LogLevel, Manager, PeerData, State, SyncBackendError, sync_acquire_error, sync_release_error,
+    CallbackOutcome, ClientIdentity, Command, Config, EtcdContext, Event, HookContext, LogLevel,
+    Manager, PeerData, State, SyncBackendError, sync_acquire_error, sync_release_error,
 };
 use crate::timestamp::Timestamp;
 use crate::wire::Bag;
@@ -81,6 +82,17 @@ pub trait Effects {
     ) -> Result<Output, Error> {
         let _ = (args, env, stdin, timeout_ms);
         Err(Error::Etcdctl("this host cannot run etcdctl".into()))
+    }
+    /// Run `etcdctl` until it prints its first complete line of stdout, exits, or reaches
+    /// `timeout_ms` (then it is killed and the output says `timed_out`): for `watch`.
+    fn watch_etcdctl(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let _ = (args, env, timeout_ms);
+        Err(Error::Etcdctl("this host cannot watch with etcdctl".into()))
     }
     /// Read a file under base_dir; `None` if it does not exist.
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -227,16 +239,18 @@ fn load_etcd(
         let env = context.environment.clone().unwrap_or_default();
         let (owner, keys) = context.identity(unit);
         let _ = owner;
-        let mut read = |call: Call| run_with_retries(fx, &call, &env, HOOK_ATTEMPTS);
-        let facts = (|| -> Result<EtcdFacts, String> {
-            let holder = read(Call::Value(keys.lock.clone()))?;
-            let first = |out: String| etcdctl::parse_first_op(&out).map_err(|e| e.0);
-            Ok(EtcdFacts {
-                lock_holder: Some(holder.trim().to_string()).filter(|h| !h.is_empty()),
-                inprogress: first(read(Call::First(keys.inprogress.clone()))?)?,
-                pending_head: first(read(Call::First(keys.pending.clone()))?)?,
-            })
-        })();
+        let facts = run_with_retries(fx, &turn::read(&keys), &env, HOOK_ATTEMPTS)
+            .and_then(|out| turn::parse(&out));
+        let facts = facts.map(|mut facts| {
+            if facts.inprogress.is_some() {
+                facts.worker_claim = fx
+                    .read_file(worker::CLAIM_FILE)
+                    .ok()
+                    .flatten()
+                    .map(|id| String::from_utf8_lossy(&id).trim().to_string());
+            }
+            facts
+        });
         context.facts = Some(facts);
     }
     Ok(context)
@@ -413,18 +427,50 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
                 }
                 fx.sleep_ms(ms);
             }
+            Step::Watch(call, timeout_ms) => {
+                if fx.read_file(worker::STOP_FILE)?.is_some() {
+                    fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
+                    worker.stop();
+                    continue;
+                }
+                let (args, _) = call.argv();
+                let output = fx.watch_etcdctl(&args, &env, timeout_ms);
+                worker.handle(output.unwrap_or_else(|e| Output {
+                    code: 127,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                    timed_out: false,
+                }));
+            }
             Step::Dispatch(event) => {
+                if let Some(op_id) = worker
+                    .claimed_op_id()
+                    .filter(|_| event == LOCK_GRANTED_HOOK)
+                    && let Err(e) = fx.write_file(worker::CLAIM_FILE, op_id.as_bytes(), 0o644)
+                {
+                    // The hook then finalizes as for any worker; only slower.
+                    fx.log(
+                        LogLevel::Warning,
+                        &format!("Could not record the claim: {e}"),
+                    );
+                }
                 if let Err(e) = fx.dispatch(event) {
                     fx.log(LogLevel::Error, &format!("Could not dispatch {event}: {e}"));
                 }
             }
-            Step::Exit(Ok(())) => {
-                fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
-                return Ok(());
-            }
-            Step::Exit(Err(why)) => {
-                fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
-                return Err(Error::Etcdctl(why));
+            Step::Exit(result) => {
+                // No hook is left to read the claim; a stale one could only mislead.
+                let _ = fx.remove_file(worker::CLAIM_FILE);
+                return match result {
+                    Ok(()) => {
+                        fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
+                        Ok(())
+                    }
+                    Err(why) => {
+                        fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
+                        Err(Error::Etcdctl(why))
+                    }
+                };
             }
         }
     }

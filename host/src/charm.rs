@@ -51,6 +51,7 @@ use crate::cache::CacheOutcome;
 use crate::juju::{CharmCode, JujuEnv, JujuHost};
 use crate::runtime::{self, Runtime, Session};
 use crate::sandbox::Sandbox;
+use crate::worker_process::WorkerLaunch;
 
 /// The reference's default runtime directory.
 pub const DEFAULT_BASE_DIR: &str = "/var/lib/rollingops";
@@ -314,6 +315,7 @@ pub struct Builder {
     callbacks: BTreeMap<String, Callback>,
     checks: BTreeMap<String, Check>,
     sync_locks: BTreeMap<String, Box<dyn SyncLockBackend>>,
+    worker_program: Option<PathBuf>,
 }
 
 impl Builder {
@@ -355,6 +357,15 @@ impl Builder {
     /// dispatch log live there.
     pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = dir.into();
+        self
+    }
+
+    /// The `rollingops` binary that runs this unit's etcd worker (`rollingops worker`,
+    /// started detached when the unit has etcd work). Default:
+    /// `<charm_dir>/usr/bin/rollingops`, next to the `etcdctl` the charm ships; without it
+    /// the unit stays on the peer relation.
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_program = Some(path.into());
         self
     }
 
@@ -410,7 +421,15 @@ impl Builder {
             checks: self.checks,
             sync_locks: self.sync_locks,
         };
-        let host = JujuHost::new(env, self.base_dir.clone(), Box::new(registry));
+        let launch = WorkerLaunch {
+            program: (self.worker_program.clone())
+                .unwrap_or_else(|| env.charm_dir.join("usr/bin/rollingops")),
+            peer_relation: self.peer_relation_name.clone(),
+            etcd_relation: self.etcd_relation_name.clone(),
+            cluster_id: self.cluster_id.clone(),
+        };
+        let host =
+            JujuHost::new(env, self.base_dir.clone(), Box::new(registry)).with_worker(launch);
         let started = Instant::now();
         let session = Session::new(runtime, Box::new(host), sandbox, &config)?;
         Ok(RollingOpsManager {
@@ -476,6 +495,7 @@ impl RollingOpsManager {
             callbacks: BTreeMap::new(),
             checks: BTreeMap::new(),
             sync_locks: BTreeMap::new(),
+            worker_program: None,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::bindings::juju::rollingops::types::{
     BagOwner, CallbackOutcome, Error as WitError, LogLevel,
 };
 use crate::host::Host;
+use crate::worker_process::{self, WorkerLaunch};
 
 /// The file under `base_dir` that receives the output of dispatched `juju-exec` runs
 /// (the same name the Python host uses).
@@ -514,6 +515,8 @@ impl CharmCode for NoCharmCode {
 pub struct JujuHost {
     env: JujuEnv,
     base_dir: PathBuf,
+    /// How to start this unit's etcd worker (`None`: this host cannot).
+    worker: Option<WorkerLaunch>,
     /// Relation id → the `endpoint:id` form the tools print, as `relation-ids` said.
     relations: BTreeMap<u32, String>,
     charm: Box<dyn CharmCode>,
@@ -525,9 +528,16 @@ impl JujuHost {
         JujuHost {
             env,
             base_dir: base_dir.into(),
+            worker: None,
             relations: BTreeMap::new(),
             charm,
         }
+    }
+
+    /// Let the component start this unit's etcd worker with `launch`.
+    pub fn with_worker(mut self, launch: WorkerLaunch) -> Self {
+        self.worker = Some(launch);
+        self
     }
 
     /// The unit's identity.
@@ -691,6 +701,34 @@ impl Host for JujuHost {
         })
     }
 
+    /// Start `rollingops worker` detached unless this unit's worker runs (it holds the
+    /// worker lock under base_dir).
+    fn start_worker(&mut self) -> Result<(), WitError> {
+        let Some(launch) = &self.worker else {
+            return Err(WitError::EtcdNotConfigured(
+                "this charm did not say how to start the etcd worker".into(),
+            ));
+        };
+        let running = worker_process::worker_running(&self.base_dir)
+            .map_err(|e| WitError::FileSystem(format!("checking the worker lock: {e}")))?;
+        if running {
+            return Ok(());
+        }
+        if !launch.program.is_file() {
+            return Err(WitError::EtcdNotConfigured(format!(
+                "the rollingops worker program is missing: {}",
+                launch.program.display()
+            )));
+        }
+        worker_process::spawn_detached(
+            &launch.program,
+            &launch.args(&self.base_dir),
+            &self.base_dir,
+        )
+        .map(|_| ())
+        .map_err(|e| WitError::Host(format!("cannot start {}: {e}", launch.program.display())))
+    }
+
     fn now_micros(&mut self) -> i64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -718,6 +756,95 @@ impl Host for JujuHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_worker_spawns_one_detached_worker_per_unit() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::time::{Duration, Instant};
+        let root = std::env::temp_dir().join(format!("rollingops-startw-{}", std::process::id()));
+        let base = root.join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        // A stand-in for `rollingops worker`: records its arguments, then holds the worker
+        // lock (flock, as the real one does) for a while.
+        let program = root.join("rollingops");
+        std::fs::write(
+            &program,
+            "#!/bin/sh\necho \"$*\" >> \"$5/starts\"\nexec flock -n \"$5/etcd/worker.lock\" sleep 2\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = JujuEnv::from_vars(|key| match key {
+            "JUJU_UNIT_NAME" => Some("app/0".into()),
+            "JUJU_CHARM_DIR" => Some(root.display().to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let launch = WorkerLaunch {
+            program: program.clone(),
+            peer_relation: "restart".into(),
+            etcd_relation: Some("etcd".into()),
+            cluster_id: Some("c1".into()),
+        };
+        let mut host = JujuHost::new(env.clone(), &base, Box::new(NoCharmCode)).with_worker(launch);
+        let starts = || {
+            std::fs::read_to_string(base.join("starts"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !ok() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+
+        host.start_worker().unwrap();
+        wait_for("the worker lock", &|| {
+            worker_process::worker_running(&base).unwrap()
+        });
+        assert_eq!(
+            starts(),
+            [format!(
+                "worker --peer-relation restart --base-dir {} --etcd-relation etcd --cluster-id c1",
+                base.display()
+            )]
+        );
+        // While it runs, asking again starts nothing.
+        host.start_worker().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(starts().len(), 1);
+        // Once it has exited, the next request starts a new one.
+        wait_for("the worker to exit", &|| {
+            !worker_process::worker_running(&base).unwrap()
+        });
+        host.start_worker().unwrap();
+        wait_for("a second start", &|| starts().len() == 2);
+
+        let missing = WorkerLaunch {
+            program: root.join("nowhere"),
+            peer_relation: "restart".into(),
+            etcd_relation: None,
+            cluster_id: None,
+        };
+        let mut host = JujuHost::new(env.clone(), root.join("other"), Box::new(NoCharmCode))
+            .with_worker(missing);
+        assert!(matches!(
+            host.start_worker(),
+            Err(WitError::EtcdNotConfigured(_))
+        ));
+        let mut host = JujuHost::new(env, root.join("other"), Box::new(NoCharmCode));
+        assert!(matches!(
+            host.start_worker(),
+            Err(WitError::EtcdNotConfigured(_))
+        ));
+        wait_for("the second worker to exit", &|| {
+            !worker_process::worker_running(&base).unwrap()
+        });
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn relation_ids_parse_with_or_without_endpoint() {

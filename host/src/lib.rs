@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod sim;
 pub mod testing;
+pub mod worker_process;
 
 pub use bindings::juju::rollingops::charm::SyncBackendError;
 pub use bindings::juju::rollingops::types::{

@@ -417,6 +417,15 @@ impl process::Host for StoreData {
         self.sandbox
             .run_etcdctl(&args, &env, stdin.as_deref(), timeout)
     }
+    fn watch_etcdctl(
+        &mut self,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        timeout_ms: u32,
+    ) -> Result<ExecOutput, wit::Error> {
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        self.sandbox.watch_etcdctl(&args, &env, timeout)
+    }
     fn start_worker(&mut self) -> Result<(), wit::Error> {
         self.host.start_worker()
     }

@@ -6,10 +6,12 @@
 //! * `files`: paths are relative to `base_dir`; absolute paths, `..`, and symlinks that
 //!   lead outside are refused.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::bindings::juju::rollingops::types::{Error, ExecOutput};
 
@@ -48,6 +50,29 @@ impl Sandbox {
         stdin: Option<&str>,
         timeout: Duration,
     ) -> Result<ExecOutput, Error> {
+        let child = self.spawn_etcdctl(args, env, stdin)?;
+        finish(child, timeout, Until::Exit)
+    }
+
+    /// Run `etcdctl` like [`Sandbox::run_etcdctl`] (no stdin) but return as soon as it has
+    /// printed its first complete line, exited, or reached `timeout`; a child still running
+    /// then is killed. This is how `etcdctl watch` (which never exits) is waited on.
+    pub fn watch_etcdctl(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<ExecOutput, Error> {
+        let child = self.spawn_etcdctl(args, env, None)?;
+        finish(child, timeout, Until::FirstLine)
+    }
+
+    fn spawn_etcdctl(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        stdin: Option<&str>,
+    ) -> Result<Child, Error> {
         let program = self.etcdctl_path();
         let resolved = std::fs::canonicalize(&program).map_err(|e| {
             Error::Etcdctl(format!(
@@ -77,40 +102,15 @@ impl Sandbox {
             .spawn()
             .map_err(|e| Error::Etcdctl(format!("cannot start {}: {e}", program.display())))?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes())
-                .map_err(|e| Error::Etcdctl(format!("writing etcdctl stdin: {e}")))?;
-        }
-        let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let out_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            text
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        let deadline = Instant::now() + timeout;
-        let (code, timed_out) = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break (status.code().unwrap_or(-1), false),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break (-1, true);
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-                Err(e) => return Err(Error::Etcdctl(format!("waiting for etcdctl: {e}"))),
+            let written = pipe.write_all(text.as_bytes());
+            drop(pipe);
+            if let Err(e) = written {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Etcdctl(format!("writing etcdctl stdin: {e}")));
             }
-        };
-        Ok(ExecOutput {
-            code,
-            stdout: out_reader.join().unwrap_or_default(),
-            stderr: err_reader.join().unwrap_or_default(),
-            timed_out,
-        })
+        }
+        Ok(child)
     }
 
     /// Map a component path onto `base_dir`, refusing anything that could leave it.
@@ -193,6 +193,90 @@ impl Sandbox {
             ))),
         }
     }
+}
+
+/// When a child's output is complete.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// stdout closed (the process exited).
+    Exit,
+    /// The first complete line on stdout (or stdout closed without one).
+    FirstLine,
+}
+
+/// Collect a child's output, waiting until `until` or `timeout` (then killing it). The
+/// reader threads signal the moment their condition is met, so nothing polls. After a kill
+/// the output read so far is taken as it is: a leftover grandchild holding the pipes open
+/// cannot delay the answer.
+fn finish(mut child: Child, timeout: Duration, until: Until) -> Result<ExecOutput, Error> {
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (out_text, err_text) = (
+        Arc::new(Mutex::new(String::new())),
+        Arc::new(Mutex::new(String::new())),
+    );
+    // The stdout reader says `true` at the first complete line (when asked to), `false` at EOF.
+    let (ready, signal) = mpsc::channel();
+    let out_reader = {
+        let text = out_text.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let mut said_line = false;
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                text.lock().expect("reader").push_str(&line);
+                if until == Until::FirstLine && !said_line && line.ends_with('\n') {
+                    said_line = true;
+                    let _ = ready.send(true);
+                }
+                line.clear();
+            }
+            let _ = ready.send(false);
+        })
+    };
+    let err_reader = {
+        let text = err_text.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                text.lock().expect("reader").push_str(&line);
+                line.clear();
+            }
+        })
+    };
+    let kill = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let (code, timed_out) = match signal.recv_timeout(timeout) {
+        // stdout closed: the process is exiting; its output is complete.
+        Ok(false) => {
+            let status = child
+                .wait()
+                .map_err(|e| Error::Etcdctl(format!("waiting for etcdctl: {e}")))?;
+            let _ = (out_reader.join(), err_reader.join());
+            (status.code().unwrap_or(-1), false)
+        }
+        Ok(true) => match child.try_wait() {
+            Ok(Some(status)) => (status.code().unwrap_or(-1), false),
+            _ => {
+                kill(&mut child);
+                (-1, false)
+            }
+        },
+        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+            kill(&mut child);
+            (-1, true)
+        }
+    };
+    let take = |text: &Arc<Mutex<String>>| text.lock().map(|t| t.clone()).unwrap_or_default();
+    Ok(ExecOutput {
+        code,
+        stdout: take(&out_text),
+        stderr: take(&err_text),
+        timed_out,
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +386,63 @@ mod tests {
             .run_etcdctl(&["sleep".into()], &[], None, Duration::from_millis(200))
             .unwrap();
         assert!(slow.timed_out && slow.code == -1);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn watch_returns_at_the_first_line_and_kills_the_child() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::time::Instant;
+        let root = temp_dir("watch");
+        let bin = root.join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = bin.join("etcdctl");
+        // `event`: one line at once, then a second line and a long life (like watch);
+        // `quiet`: nothing for 5 s; `fail`: an error and exit 3; all report their env.
+        std::fs::write(
+            &script,
+            "#!/bin/sh
+case \"$1\" in
+  event) echo \"DELETE $ETCDCTL_API\"; echo \"$HOME\" >&2; sleep 1; echo late; sleep 5;;
+  quiet) sleep 5;;
+  fail) echo oops >&2; exit 3;;
+esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sandbox = Sandbox::new(&root, root.join("base"));
+        let env = [("ETCDCTL_API".to_string(), "3".to_string())];
+        let long = Duration::from_secs(4);
+
+        let started = Instant::now();
+        let out = sandbox
+            .watch_etcdctl(&["event".into()], &env, long)
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "waited for more than the first line"
+        );
+        assert_eq!(out.stdout, "DELETE 3\n");
+        assert!(!out.timed_out);
+        assert_eq!(out.code, -1, "killed after the first line");
+        assert_eq!(out.stderr.trim(), "", "environment leaked: {}", out.stderr);
+
+        let started = Instant::now();
+        let out = sandbox
+            .watch_etcdctl(&["quiet".into()], &env, Duration::from_millis(300))
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(out.timed_out && out.code == -1 && out.stdout.is_empty());
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3));
+
+        let out = sandbox.watch_etcdctl(&["fail".into()], &env, long).unwrap();
+        assert_eq!((out.code, out.timed_out), (3, false));
+        assert_eq!(out.stderr.trim(), "oops");
+
+        std::fs::remove_file(&script).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", &script).unwrap();
+        let refused = sandbox.watch_etcdctl(&["-c".into(), "id".into()], &[], long);
+        assert!(matches!(&refused, Err(Error::Etcdctl(m)) if m.contains("not etcdctl")));
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,27 +1,45 @@
-//! Hand-off latency on a real etcd (TLS, one member, loopback): five units contending for
-//! the rollingops lock key through the core's worker state machine, side by side with five
-//! `etcdctl lock` processes contending on the same cluster.
+//! Hand-off latency on a real etcd (TLS with client certificates, one member, loopback):
+//! five units contending for the rollingops lock key, side by side with five `etcdctl lock`
+//! processes contending on the same cluster.
 //!
-//! A hand-off is the time from one critical section ending to the next one starting (in a
-//! different unit). The rollingops side plays the lock-granted hook in-process, so the
-//! numbers are the lock protocol's; a real hook adds its own start-up on top.
+//! The rollingops side runs the production path: each unit drives the core's [`Worker`]
+//! exactly as the component's `run-worker` does (etcdctl calls and watches through the host
+//! library's [`Sandbox`], the claim file written before the dispatch), and plays the
+//! lock-granted hook with the manager's own etcd steps ([`turn`]: one read, then the
+//! finalize transaction). Only the hook's process start (juju-exec, the charm) is left out,
+//! so the numbers are the lock protocol's.
 //!
-//! Run: `cargo bench -p rollingops-tests --bench etcd_handoff`.
+//! A hand-off is the time from one critical section ending to the next one starting in a
+//! different unit. The rollingops hand-off is also split into its steps, and the cost of
+//! one etcdctl process (start-up alone, and a TLS round trip) is measured, to show where the
+//! time goes.
+//!
+//! Run: `cargo bench -p rollingops-tests --bench etcd_handoff`
+//! (`ROLLINGOPS_BENCH_ROUNDS=N` ops per unit, default 10).
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rollingops::sandbox::Sandbox;
 use rollingops_guest::etcd::keys::{Keys, owner};
 use rollingops_guest::etcd::queue::finalize;
-use rollingops_guest::etcd::txn;
-use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Step, Timing, Worker};
+use rollingops_guest::etcd::turn;
+use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use rollingops_guest::{Operation, OperationResult, Timestamp};
-use rollingops_tests::etcd_cluster::{Etcd, etcdctl};
+use rollingops_tests::etcd_cluster::Etcd;
 
 const UNITS: usize = 5;
-const ROUNDS: usize = 4;
 const HOLD: Duration = Duration::from_millis(50);
+const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn rounds() -> usize {
+    std::env::var("ROLLINGOPS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10)
+}
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -30,17 +48,101 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-type Sections = Arc<Mutex<Vec<(usize, u128, u128)>>>;
+/// What happened when, per unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// Critical section start / end.
+    Start,
+    End,
+    /// The hook's finalize transaction returned.
+    Finalized,
+    /// A watch on the lock key returned.
+    WatchedLock,
+    /// The lock (and claim) transaction returned, successfully.
+    Acquired,
+}
 
-fn rollingops(etcd: &Etcd, sections: Sections) {
+type Marks = Arc<Mutex<Vec<(usize, Mark, u128)>>>;
+
+fn output(
+    result: Result<rollingops::bindings::juju::rollingops::types::ExecOutput, impl std::fmt::Debug>,
+) -> Output {
+    let out = result.expect("etcdctl runs");
+    Output {
+        code: out.code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        timed_out: out.timed_out,
+    }
+}
+
+/// A charm directory whose `usr/bin/etcdctl` is the system's, as the sandbox requires.
+fn charm_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rollingops-bench-charm-{}", std::process::id()));
+    let bin = dir.join("usr/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let etcdctl = bin.join("etcdctl");
+    if !etcdctl.exists() {
+        let system = String::from_utf8(
+            Command::new("which")
+                .arg("etcdctl")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(system.trim(), &etcdctl).unwrap();
+    }
+    dir
+}
+
+/// The lock-granted hook's etcd part, as the manager runs it: read, run, finalize.
+fn hook(
+    sandbox: &Sandbox,
+    env: &[(String, String)],
+    keys: &Keys,
+    owner: &str,
+    claim: Option<&str>,
+    unit: usize,
+    marks: &Marks,
+) {
+    let read = turn::read(keys);
+    let (args, stdin) = read.argv();
+    let out = output(sandbox.run_etcdctl(&args, env, stdin.as_deref(), ETCDCTL_TIMEOUT));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let facts = turn::parse(&out.stdout).expect("facts");
+    assert_eq!(
+        facts.lock_holder.as_deref(),
+        Some(owner),
+        "a hook ran without the lock"
+    );
+    let (key, op) = facts.inprogress.expect("a claimed op");
+    marks.lock().unwrap().push((unit, Mark::Start, now_ns()));
+    std::thread::sleep(HOLD);
+    marks.lock().unwrap().push((unit, Mark::End, now_ns()));
+    let done = finalize(&op, OperationResult::Release);
+    let worker_waits = claim == Some(op.op_id().as_str());
+    let body = turn::finalize_body(keys, owner, &key, &done, worker_waits);
+    let out = output(sandbox.run_etcdctl(&["txn".into()], env, Some(&body), ETCDCTL_TIMEOUT));
+    assert_eq!(out.stdout.lines().next(), Some("SUCCESS"), "{}", out.stderr);
+    marks
+        .lock()
+        .unwrap()
+        .push((unit, Mark::Finalized, now_ns()));
+}
+
+fn rollingops(etcd: &Etcd, marks: Marks) {
+    let charm = charm_dir();
+    let rounds = rounds();
     let threads: Vec<_> = (0..UNITS)
         .map(|unit| {
             let env = etcd.env();
-            let sections = sections.clone();
+            let marks = marks.clone();
+            let sandbox = Sandbox::new(&charm, std::env::temp_dir());
             std::thread::spawn(move || {
                 let owner = owner("bench", &format!("app/{unit}"));
                 let keys = Keys::new("bench", &owner);
-                for round in 0..ROUNDS {
+                for round in 0..rounds {
                     let op = Operation::new(
                         "restart",
                         Default::default(),
@@ -48,7 +150,13 @@ fn rollingops(etcd: &Etcd, sections: Sections) {
                         Timestamp::from_micros(round as i64),
                     );
                     let key = format!("{}{}", keys.pending, op.op_id());
-                    assert_eq!(etcdctl(&env, &["put", &key], Some(&op.to_json())).code, 0);
+                    let out = output(sandbox.run_etcdctl(
+                        &["put".into(), key],
+                        &env,
+                        Some(&op.to_json()),
+                        ETCDCTL_TIMEOUT,
+                    ));
+                    assert_eq!(out.code, 0, "{}", out.stderr);
                 }
                 let clock = Instant::now();
                 let mut worker = Worker::new(keys.clone(), owner.clone(), Timing::default(), 0);
@@ -56,31 +164,48 @@ fn rollingops(etcd: &Etcd, sections: Sections) {
                     match worker.poll(clock.elapsed().as_millis() as u64) {
                         Step::Etcdctl(call) => {
                             let (args, stdin) = call.argv();
-                            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                            worker.handle(etcdctl(&env, &args, stdin.as_deref()));
+                            let out = output(sandbox.run_etcdctl(
+                                &args,
+                                &env,
+                                stdin.as_deref(),
+                                ETCDCTL_TIMEOUT,
+                            ));
+                            let was_holding = worker.holding();
+                            worker.handle(out);
+                            if matches!(call, Call::TxnJson(_)) && !was_holding && worker.holding()
+                            {
+                                marks.lock().unwrap().push((unit, Mark::Acquired, now_ns()));
+                            }
+                        }
+                        Step::Watch(call, timeout_ms) => {
+                            let (args, _) = call.argv();
+                            let out = output(sandbox.watch_etcdctl(
+                                &args,
+                                &env,
+                                Duration::from_millis(timeout_ms.into()),
+                            ));
+                            if matches!(&call, Call::Watch { key, .. } if *key == keys.lock) {
+                                marks
+                                    .lock()
+                                    .unwrap()
+                                    .push((unit, Mark::WatchedLock, now_ns()));
+                            }
+                            worker.handle(out);
                         }
                         Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
                         Step::Dispatch(event) => {
                             assert_eq!(event, LOCK_GRANTED_HOOK);
-                            // The hook: read the claimed op, hold, finalize.
-                            let head = etcdctl(
+                            // What the driver writes to the claim file before dispatching.
+                            let claim_file = worker.claimed_op_id();
+                            hook(
+                                &sandbox,
                                 &env,
-                                &["get", &keys.inprogress, "--prefix", "--limit=1"],
-                                None,
+                                &keys,
+                                &owner,
+                                claim_file.as_deref(),
+                                unit,
+                                &marks,
                             );
-                            let mut lines = head.stdout.lines();
-                            let (Some(key), Some(value)) = (lines.next(), lines.next()) else {
-                                continue;
-                            };
-                            let op = Operation::from_json(value).unwrap();
-                            let start = now_ns();
-                            std::thread::sleep(HOLD);
-                            let end = now_ns();
-                            sections.lock().unwrap().push((unit, start, end));
-                            let done = finalize(&op, OperationResult::Release);
-                            let to = format!("{}{}", keys.completed, done.op_id());
-                            let body = txn::move_op(&keys.lock, &owner, key, &to, &done.to_json());
-                            let _ = etcdctl(&env, &["txn"], Some(&body));
                         }
                         Step::Exit(result) => {
                             result.expect("worker");
@@ -96,15 +221,16 @@ fn rollingops(etcd: &Etcd, sections: Sections) {
     }
 }
 
-fn etcdctl_lock(etcd: &Etcd, sections: Sections) {
+fn etcdctl_lock(etcd: &Etcd, marks: Marks) {
     let script = format!("date +%s%N; sleep {}; date +%s%N", HOLD.as_secs_f64());
+    let rounds = rounds();
     let threads: Vec<_> = (0..UNITS)
         .map(|unit| {
             let env = etcd.env();
-            let sections = sections.clone();
+            let marks = marks.clone();
             let script = script.clone();
             std::thread::spawn(move || {
-                for _ in 0..ROUNDS {
+                for _ in 0..rounds {
                     let out = Command::new("etcdctl")
                         .args(["lock", "bench-etcdctl-lock", "--", "/bin/sh", "-c", &script])
                         .env_clear()
@@ -121,7 +247,9 @@ fn etcdctl_lock(etcd: &Etcd, sections: Sections) {
                         "{:?}",
                         String::from_utf8_lossy(&out.stderr)
                     );
-                    sections.lock().unwrap().push((unit, stamps[0], stamps[1]));
+                    let mut marks = marks.lock().unwrap();
+                    marks.push((unit, Mark::Start, stamps[0]));
+                    marks.push((unit, Mark::End, stamps[1]));
                 }
             })
         })
@@ -131,41 +259,132 @@ fn etcdctl_lock(etcd: &Etcd, sections: Sections) {
     }
 }
 
-/// Gaps (ms) between consecutive critical sections of different units; checks exclusion.
-fn handoffs(sections: &Sections) -> Vec<f64> {
-    let mut all = sections.lock().unwrap().clone();
-    all.sort_by_key(|s| s.1);
-    let mut gaps = Vec::new();
-    for pair in all.windows(2) {
-        assert!(pair[1].1 >= pair[0].2, "two holders at once");
-        if pair[1].0 != pair[0].0 {
-            gaps.push((pair[1].1 - pair[0].2) as f64 / 1e6);
-        }
+/// Critical sections (unit, start, end), sorted; checks that no two overlap.
+fn sections(marks: &Marks) -> Vec<(usize, u128, u128)> {
+    let marks = marks.lock().unwrap();
+    let mut all = Vec::new();
+    for unit in 0..UNITS {
+        let starts = marks
+            .iter()
+            .filter(|m| m.0 == unit && m.1 == Mark::Start)
+            .map(|m| m.2);
+        let ends = marks
+            .iter()
+            .filter(|m| m.0 == unit && m.1 == Mark::End)
+            .map(|m| m.2);
+        all.extend(starts.zip(ends).map(|(s, e)| (unit, s, e)));
     }
+    all.sort_by_key(|s| s.1);
+    for pair in all.windows(2) {
+        assert!(pair[1].1 >= pair[0].2, "two holders at once: {pair:?}");
+    }
+    all
+}
+
+/// Gaps (ms) between consecutive critical sections of different units.
+fn handoffs(sections: &[(usize, u128, u128)]) -> Vec<f64> {
+    let mut gaps: Vec<f64> = sections
+        .windows(2)
+        .filter(|p| p[1].0 != p[0].0)
+        .map(|p| (p[1].1 - p[0].2) as f64 / 1e6)
+        .collect();
     gaps.sort_by(f64::total_cmp);
     gaps
 }
 
-fn stats(gaps: &[f64]) -> (f64, f64) {
-    let pick = |q: f64| gaps[((gaps.len() as f64 - 1.0) * q).round() as usize];
+fn stats(values: &[f64]) -> (f64, f64) {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    let pick = |q: f64| values[((values.len() as f64 - 1.0) * q).round() as usize];
     (pick(0.5), pick(0.95))
+}
+
+/// The rollingops hand-off split into steps: holder's finalize txn, the waiter's watch
+/// waking up, the waiter's lock+claim txn, the hook's read.
+fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, Vec<f64>)> {
+    let marks = marks.lock().unwrap();
+    let last_before = |unit: usize, kind: Mark, from: u128, to: u128| {
+        marks
+            .iter()
+            .filter(|m| m.0 == unit && m.1 == kind && m.2 >= from && m.2 <= to)
+            .map(|m| m.2)
+            .max()
+    };
+    let mut parts: Vec<(&'static str, Vec<f64>)> = vec![
+        (
+            "section end -> holder's finalize+release txn returned",
+            vec![],
+        ),
+        ("-> waiter's watch returned", vec![]),
+        ("-> waiter's lock+claim txn returned", vec![]),
+        ("-> hook's read returned (next section starts)", vec![]),
+    ];
+    for pair in sections.windows(2).filter(|p| p[1].0 != p[0].0) {
+        let (a, b) = (pair[0], pair[1]);
+        let ms = |from: u128, to: u128| (to as f64 - from as f64) / 1e6;
+        let (Some(finalized), Some(watched), Some(acquired)) = (
+            last_before(a.0, Mark::Finalized, a.2, b.1),
+            last_before(b.0, Mark::WatchedLock, a.2, b.1),
+            last_before(b.0, Mark::Acquired, a.2, b.1),
+        ) else {
+            continue;
+        };
+        if !(finalized <= watched && watched <= acquired) {
+            continue;
+        }
+        parts[0].1.push(ms(a.2, finalized));
+        parts[1].1.push(ms(finalized, watched));
+        parts[2].1.push(ms(watched, acquired));
+        parts[3].1.push(ms(acquired, b.1));
+    }
+    parts
+}
+
+/// The cost of one etcdctl process: start-up alone (`version`, no network) and a TLS
+/// round trip (`get`, which dials, handshakes and reads).
+fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 2] {
+    let sandbox = Sandbox::new(charm_dir(), std::env::temp_dir());
+    let env = etcd.env();
+    let time = |args: &[&str]| -> Vec<f64> {
+        (0..20)
+            .map(|_| {
+                let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                let started = Instant::now();
+                let out = output(sandbox.run_etcdctl(&args, &env, None, ETCDCTL_TIMEOUT));
+                assert_eq!(out.code, 0, "{}", out.stderr);
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
+    };
+    [
+        (
+            "etcdctl version (process start-up only)",
+            time(&["version"]),
+        ),
+        (
+            "etcdctl get over TLS (start-up + handshake + read)",
+            time(&["get", "/bench-probe"]),
+        ),
+    ]
 }
 
 fn main() {
     let etcd = Etcd::start(26_790, 1);
-    let ours = Sections::default();
+    let rounds = rounds();
+    let ours = Marks::default();
     let started = Instant::now();
     rollingops(&etcd, ours.clone());
     let ours_total = started.elapsed();
-    let theirs = Sections::default();
+    let theirs = Marks::default();
     let started = Instant::now();
     etcdctl_lock(&etcd, theirs.clone());
     let theirs_total = started.elapsed();
-    let (ours_gaps, theirs_gaps) = (handoffs(&ours), handoffs(&theirs));
+    let (ours_sections, theirs_sections) = (sections(&ours), sections(&theirs));
+    let (ours_gaps, theirs_gaps) = (handoffs(&ours_sections), handoffs(&theirs_sections));
     let (om, op) = stats(&ours_gaps);
     let (tm, tp) = stats(&theirs_gaps);
     println!(
-        "etcd hand-off latency: {UNITS} contending units × {ROUNDS} rounds, {} ms critical sections, TLS, loopback\n",
+        "etcd hand-off latency: {UNITS} contending units × {rounds} rounds, {} ms critical sections, TLS, loopback\n",
         HOLD.as_millis()
     );
     println!(
@@ -193,5 +412,17 @@ fn main() {
         om / tm,
         op / tp
     );
-    let _ = Call::First(String::new());
+    println!("\n  where a rollingops hand-off goes (median / p95 ms):");
+    for (step, values) in steps(&ours, &ours_sections) {
+        if !values.is_empty() {
+            let (m, p) = stats(&values);
+            println!("    {step:<56} {m:>6.1} {p:>6.1}   (n={})", values.len());
+        }
+    }
+    println!("\n  one etcdctl process (median / p95 ms, 20 runs):");
+    for (what, values) in etcdctl_costs(&etcd) {
+        let (m, p) = stats(&values);
+        println!("    {what:<56} {m:>6.1} {p:>6.1}");
+    }
+    let _ = std::fs::remove_dir_all(charm_dir());
 }

@@ -79,6 +79,109 @@ pub fn parse_first_op(stdout: &str) -> Result<Option<(String, Operation)>, Parse
     Ok(Some((key.to_string(), op)))
 }
 
+/// A `-w json txn` reply: whether the compares held, the store revision the transaction
+/// saw (or wrote), and for each request in the branch taken the keys it read (empty for
+/// puts and deletes, and for a `get` that found nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnReply {
+    /// The compares held (the success branch ran).
+    pub succeeded: bool,
+    /// `header.revision`.
+    pub revision: u64,
+    /// Per request, the keys it returned.
+    pub ranges: Vec<Vec<Kv>>,
+}
+
+/// One key as a `get` returned it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+    /// The lease it is attached to, in etcdctl's hexadecimal form (empty: none).
+    pub lease: String,
+}
+
+/// Parse `etcdctl -w json txn` output (keys and values are base64 there).
+pub fn parse_txn_json(stdout: &str) -> Result<TxnReply, ParseError> {
+    let bad = |why: &str| {
+        ParseError(format!(
+            "Unexpected txn response ({why}): {}",
+            stdout.trim()
+        ))
+    };
+    let reply: serde_json::Value =
+        serde_json::from_str(stdout.trim()).map_err(|_| bad("not JSON"))?;
+    let revision = reply["header"]["revision"]
+        .as_u64()
+        .ok_or_else(|| bad("no revision"))?;
+    // Go's encoder omits false booleans and empty lists.
+    let succeeded = reply["succeeded"].as_bool().unwrap_or(false);
+    let mut ranges = Vec::new();
+    for response in reply["responses"].as_array().into_iter().flatten() {
+        let kvs = response["Response"]["ResponseRange"]["kvs"].as_array();
+        let mut pairs = Vec::new();
+        for kv in kvs.into_iter().flatten() {
+            let text = |field: &str| -> Result<String, ParseError> {
+                let raw = kv[field].as_str().unwrap_or("");
+                let bytes = base64_decode(raw).ok_or_else(|| bad("bad base64"))?;
+                String::from_utf8(bytes).map_err(|_| bad("not UTF-8"))
+            };
+            pairs.push(Kv {
+                key: text("key")?,
+                value: text("value")?,
+                lease: kv["lease"]
+                    .as_i64()
+                    .filter(|id| *id != 0)
+                    .map(|id| format!("{:x}", id as u64))
+                    .unwrap_or_default(),
+            });
+        }
+        ranges.push(pairs);
+    }
+    Ok(TxnReply {
+        succeeded,
+        revision,
+        ranges,
+    })
+}
+
+/// Standard base64 (with padding), as Go's encoding/json writes byte slices.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let trimmed = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in trimmed.bytes() {
+        acc = (acc << 6) | digit(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// A `watch` that returned: did it report an event (its first line), or end without one?
+pub fn watch_saw_event(stdout: &str) -> bool {
+    matches!(
+        stdout.lines().next().map(str::trim),
+        Some("PUT") | Some("DELETE")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +233,46 @@ mod tests {
         assert_eq!(parsed.to_json(), op);
         assert_eq!(parse_first_op("").unwrap(), None);
         assert!(parse_first_op("/k\nnot json\n").is_err());
+    }
+
+    #[test]
+    fn txn_json_replies_as_etcdctl_3_4_prints_them() {
+        // Captured from etcdctl 3.4.23: a failed acquire whose failure branch read the lock.
+        let failed = r#"{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,"revision":2,"raft_term":2},"responses":[{"Response":{"ResponseRange":{"header":{"revision":2},"kvs":[{"key":"L2wv","create_revision":2,"mod_revision":2,"version":1,"value":"bWU="}],"count":1}}}]}"#;
+        let reply = parse_txn_json(failed).unwrap();
+        assert!(!reply.succeeded);
+        assert_eq!(reply.revision, 2);
+        let kv = |key: &str, value: &str, lease: &str| Kv {
+            key: key.into(),
+            value: value.into(),
+            lease: lease.into(),
+        };
+        assert_eq!(reply.ranges, vec![vec![kv("/l/", "me", "")]]);
+        let leased = r#"{"header":{"revision":9},"responses":[{"Response":{"ResponseRange":{"header":{"revision":9},"kvs":[{"key":"L2wv","create_revision":9,"mod_revision":9,"version":1,"value":"bWU=","lease":7587893136398172714}],"count":1}}}]}"#;
+        assert_eq!(
+            parse_txn_json(leased).unwrap().ranges,
+            vec![vec![kv("/l/", "me", "694d9c9aeca3422a")]]
+        );
+        let put = r#"{"header":{"cluster_id":1,"member_id":2,"revision":3,"raft_term":2},"succeeded":true,"responses":[{"Response":{"ResponsePut":{"header":{"revision":3}}}}]}"#;
+        let reply = parse_txn_json(put).unwrap();
+        assert!(reply.succeeded);
+        assert_eq!((reply.revision, reply.ranges), (3, vec![vec![]]));
+        let reads = r#"{"header":{"revision":5},"succeeded":true,"responses":[{"Response":{"ResponseRange":{"header":{"revision":5},"kvs":[{"key":"L3AvYQ==","create_revision":4,"mod_revision":4,"version":1,"value":"eyJ4IjoxfQ=="}],"more":true,"count":2}}},{"Response":{"ResponseRange":{"header":{"revision":5}}}}]}"#;
+        let reply = parse_txn_json(reads).unwrap();
+        assert_eq!(
+            reply.ranges,
+            vec![vec![kv("/p/a", r#"{"x":1}"#, "")], vec![]]
+        );
+        assert!(parse_txn_json("SUCCESS\n").is_err());
+        assert_eq!(base64_decode("YQ").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
+    }
+
+    #[test]
+    fn watch_events() {
+        assert!(watch_saw_event("DELETE\n/l/\n"));
+        assert!(watch_saw_event("PUT\n/l/\nme\n"));
+        assert!(!watch_saw_event(""));
     }
 }

@@ -1,5 +1,6 @@
 //! A small in-memory etcd that answers the etcdctl invocations the worker makes, in
-//! etcdctl's output format, with leases that expire on a virtual clock. Test-only.
+//! etcdctl's output formats (simple and `-w json`), with revisions, a watchable history of
+//! changes, and leases that expire on a virtual clock. Test-only.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,10 @@ pub(crate) struct FakeEtcd {
     next_lease: u64,
     pub(crate) now_ms: u64,
     pub(crate) unavailable: bool,
+    /// The store revision (bumped once per write, as etcd does per transaction).
+    pub(crate) revision: u64,
+    /// Every change: (revision, key, deleted).
+    history: Vec<(u64, String, bool)>,
 }
 
 fn ok(stdout: String) -> Output {
@@ -91,7 +96,19 @@ impl FakeEtcd {
 
     fn revoke(&mut self, id: u64) {
         self.leases.remove(&id);
-        self.kv.retain(|_, (_, lease)| *lease != Some(id));
+        let doomed: Vec<String> = self
+            .kv
+            .iter()
+            .filter(|(_, (_, lease))| *lease == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !doomed.is_empty() {
+            self.revision += 1;
+        }
+        for key in doomed {
+            self.kv.remove(&key);
+            self.history.push((self.revision, key, true));
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
@@ -99,7 +116,29 @@ impl FakeEtcd {
     }
 
     pub(crate) fn put(&mut self, key: &str, value: &str) {
-        self.kv.insert(key.into(), (value.into(), None));
+        self.revision += 1;
+        self.write(key, Some((value.into(), None)));
+    }
+
+    pub(crate) fn delete(&mut self, key: &str) {
+        if self.kv.contains_key(key) {
+            self.revision += 1;
+            self.write(key, None);
+        }
+    }
+
+    /// Apply one change at the current revision.
+    fn write(&mut self, key: &str, value: Option<(String, Option<u64>)>) {
+        self.history
+            .push((self.revision, key.to_string(), value.is_none()));
+        match value {
+            Some(value) => {
+                self.kv.insert(key.into(), value);
+            }
+            None => {
+                self.kv.remove(key);
+            }
+        }
     }
 
     pub(crate) fn first(&self, prefix: &str) -> Option<(String, String)> {
@@ -108,6 +147,20 @@ impl FakeEtcd {
             .next()
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, (v, _))| (k.clone(), v.clone()))
+    }
+
+    /// What `etcdctl watch <key> --rev=<from>` prints first, if an event is in the history.
+    pub(crate) fn watch_event(&self, key: &str, from_revision: u64) -> Option<Output> {
+        self.history
+            .iter()
+            .find(|(rev, k, _)| *rev >= from_revision && k == key)
+            .map(|(_, k, deleted)| {
+                if *deleted {
+                    ok(format!("DELETE\n{k}\n"))
+                } else {
+                    ok(format!("PUT\n{k}\n{}\n", self.get(k).unwrap_or("")))
+                }
+            })
     }
 
     pub(crate) fn run(&mut self, call: &Call) -> Output {
@@ -145,48 +198,97 @@ impl FakeEtcd {
                     err("Error: etcdserver: requested lease not found")
                 }
             }
-            Call::Txn(body) => self.txn(body),
+            Call::Txn(body) => match self.txn(body) {
+                Ok((true, _)) => ok("SUCCESS\n\nOK\n".into()),
+                Ok((false, _)) => ok("FAILURE\n".into()),
+                Err(output) => output,
+            },
+            Call::TxnJson(body) => match self.txn(body) {
+                Ok((succeeded, responses)) => ok(self.txn_json(succeeded, &responses)),
+                Err(output) => output,
+            },
+            // A watch with nothing to report blocks; the caller models the wait.
+            Call::Watch { key, from_revision } => {
+                self.watch_event(key, *from_revision).unwrap_or(Output {
+                    code: -1,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    timed_out: true,
+                })
+            }
         }
     }
 
-    fn txn(&mut self, body: &str) -> Output {
-        let mut sections = body.split("\n\n");
-        let compares = sections.next().unwrap_or("");
-        let success = sections.next().unwrap_or("");
-        let holds = compares
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .all(|line| {
-                let t = tokens(line.trim());
-                // version("k") = "0"  →  ["version(", ...] is awkward; parse by hand:
-                let (kind, rest) = line.trim().split_once('(').unwrap();
-                let key = tokens(rest.split_once(')').unwrap().0)[0].clone();
-                let after = rest.split_once(')').unwrap().1;
-                let t2 = tokens(after);
-                let _ = t;
-                let (op, expected) = (t2[0].as_str(), t2[1].as_str());
-                let actual = match kind {
-                    "version" => {
-                        if self.kv.contains_key(&key) {
-                            "1".to_string()
-                        } else {
-                            "0".to_string()
-                        }
-                    }
-                    "value" => self.get(&key).unwrap_or("").to_string(),
-                    other => panic!("compare {other}"),
-                };
-                match op {
-                    "=" => actual == expected,
-                    "!=" => actual != expected,
-                    other => panic!("op {other}"),
+    fn txn_json(&self, succeeded: bool, responses: &[Option<Vec<(String, String)>>]) -> String {
+        let responses: Vec<serde_json::Value> = responses
+            .iter()
+            .map(|response| match response {
+                Some(kvs) => {
+                    let kvs: Vec<serde_json::Value> = kvs
+                        .iter()
+                        .map(|(k, v)| {
+                            let mut kv = serde_json::json!({"key": base64(k), "value": base64(v)});
+                            if let Some(Some(lease)) = self.kv.get(k).map(|(_, lease)| *lease) {
+                                kv["lease"] = lease.into();
+                            }
+                            kv
+                        })
+                        .collect();
+                    serde_json::json!({"Response": {"ResponseRange": {"kvs": kvs}}})
                 }
-            });
-        if !holds {
-            return ok("FAILURE\n".into());
+                None => serde_json::json!({"Response": {"ResponsePut": {}}}),
+            })
+            .collect();
+        let mut reply = serde_json::json!({"header": {"revision": self.revision}});
+        // Like Go's encoder: false and empty are left out.
+        if succeeded {
+            reply["succeeded"] = true.into();
         }
-        for line in success.lines().filter(|l| !l.trim().is_empty()) {
-            let t = tokens(line.trim());
+        if !responses.is_empty() {
+            reply["responses"] = responses.into();
+        }
+        reply.to_string()
+    }
+
+    /// Run a transaction: whether the compares held, and per request of the branch taken
+    /// its key/value pairs (`None` for writes).
+    #[allow(clippy::type_complexity)]
+    fn txn(&mut self, body: &str) -> Result<(bool, Vec<Option<Vec<(String, String)>>>), Output> {
+        // Sections end at blank lines: compares, success ops, failure ops.
+        let mut sections: [Vec<&str>; 3] = Default::default();
+        let mut index = 0;
+        for line in body.lines() {
+            if line.trim().is_empty() {
+                index += 1;
+                if index > 2 {
+                    break;
+                }
+            } else {
+                sections[index].push(line.trim());
+            }
+        }
+        let holds = sections[0].iter().all(|line| {
+            let (kind, rest) = line.split_once('(').unwrap();
+            let (quoted_key, after) = rest.split_once(')').unwrap();
+            let key = tokens(quoted_key)[0].clone();
+            let t = tokens(after);
+            let (op, expected) = (t[0].as_str(), t[1].as_str());
+            let actual = match kind {
+                "version" => if self.kv.contains_key(&key) { "1" } else { "0" }.to_string(),
+                "value" => self.get(&key).unwrap_or("").to_string(),
+                other => panic!("compare {other}"),
+            };
+            match op {
+                "=" => actual == expected,
+                "!=" => actual != expected,
+                other => panic!("op {other}"),
+            }
+        });
+        let ops = if holds { &sections[1] } else { &sections[2] };
+        let mut writes = Vec::new();
+        let mut responses = Vec::new();
+        for line in ops {
+            let t = tokens(line);
             match t[0].as_str() {
                 "put" => {
                     let lease = t
@@ -194,16 +296,53 @@ impl FakeEtcd {
                         .and_then(|f| f.strip_prefix("--lease="))
                         .map(|h| u64::from_str_radix(h, 16).unwrap());
                     if lease.is_some_and(|id| !self.leases.contains_key(&id)) {
-                        return err("Error: etcdserver: requested lease not found");
+                        return Err(err("Error: etcdserver: requested lease not found"));
                     }
-                    self.kv.insert(t[1].clone(), (t[2].clone(), lease));
+                    writes.push((t[1].clone(), Some((t[2].clone(), lease))));
+                    responses.push(None);
                 }
                 "del" => {
-                    self.kv.remove(&t[1]);
+                    writes.push((t[1].clone(), None));
+                    responses.push(None);
+                }
+                "get" => {
+                    let found = if t.iter().any(|f| f == "--prefix") {
+                        self.first(&t[1])
+                    } else {
+                        self.get(&t[1]).map(|v| (t[1].clone(), v.to_string()))
+                    };
+                    responses.push(Some(found.into_iter().collect()));
                 }
                 other => panic!("txn op {other}"),
             }
         }
-        ok("SUCCESS\n\nOK\n".into())
+        if !writes.is_empty() {
+            self.revision += 1;
+        }
+        for (key, value) in writes {
+            if value.is_some() || self.kv.contains_key(&key) {
+                self.write(&key, value);
+            }
+        }
+        Ok((holds, responses))
     }
+}
+
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod etcdctl;
 pub mod keys;
 pub mod queue;
+pub mod turn;
 pub mod txn;
 pub mod worker;
 

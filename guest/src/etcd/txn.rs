@@ -24,19 +24,36 @@ pub fn go_quote(text: &str) -> String {
 }
 
 fn body(compares: &[String], success: &[String]) -> String {
-    // compares, blank line, success ops, blank line, failure ops (none), blank line.
+    body_with_failure(compares, success, &[])
+}
+
+fn body_with_failure(compares: &[String], success: &[String], failure: &[String]) -> String {
+    // compares, blank line, success ops, blank line, failure ops, blank line.
     let mut out = String::new();
-    for line in compares {
-        out.push_str(line);
+    for section in [compares, success, failure] {
+        for line in section {
+            out.push_str(line);
+            out.push('\n');
+        }
         out.push('\n');
     }
-    out.push('\n');
-    for line in success {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("\n\n");
     out
+}
+
+fn owns(lock: &str, owner: &str) -> String {
+    format!("value({}) = {}", go_quote(lock), go_quote(owner))
+}
+
+fn exists(key: &str) -> String {
+    format!("version({}) != \"0\"", go_quote(key))
+}
+
+fn del(key: &str) -> String {
+    format!("del {}", go_quote(key))
+}
+
+fn put(key: &str, value: &str) -> String {
+    format!("put {} {}", go_quote(key), go_quote(value))
 }
 
 /// T1: take the lock if nobody holds it, bound to `lease_hex`.
@@ -82,6 +99,88 @@ pub fn drop_op(lock: &str, owner: &str, key: &str) -> String {
             format!("version({}) != \"0\"", go_quote(key)),
         ],
         &[format!("del {}", go_quote(key))],
+    )
+}
+
+// Composite transactions. Each one applies, atomically, exactly the writes of a sequence of
+// the reference's transactions above (same keys, same values, same lease), so units running
+// the reference see the same states; only the number of round trips differs.
+
+/// T1, reading the lock key when it is held (so the caller can tell whose it is).
+pub fn acquire_or_read(lock: &str, owner: &str, lease_hex: &str) -> String {
+    body_with_failure(
+        &[format!("version({}) = \"0\"", go_quote(lock))],
+        &[format!(
+            "put {} {} --lease={lease_hex}",
+            go_quote(lock),
+            go_quote(owner)
+        )],
+        &[format!("get {}", go_quote(lock))],
+    )
+}
+
+/// T1 followed by T3 pending→inprogress: take the free lock and claim `from_key` in one
+/// round trip. On failure the lock key is read (`get`), so the caller can tell "held by
+/// someone" (watch it) from "free but the op is gone" (look at the queue again).
+pub fn acquire_and_claim(
+    lock: &str,
+    owner: &str,
+    lease_hex: &str,
+    from_key: &str,
+    to_key: &str,
+    value: &str,
+) -> String {
+    body_with_failure(
+        &[
+            format!("version({}) = \"0\"", go_quote(lock)),
+            exists(from_key),
+        ],
+        &[
+            format!(
+                "put {} {} --lease={lease_hex}",
+                go_quote(lock),
+                go_quote(owner)
+            ),
+            put(to_key, value),
+            del(from_key),
+        ],
+        &[format!("get {}", go_quote(lock))],
+    )
+}
+
+/// The lock-granted hook's finalize when the op is done (`release`): T4 + T5 + T2, i.e. the
+/// in-progress op is dropped and the lock released together, so the next unit can start
+/// without waiting for this unit's worker.
+pub fn drop_and_release(lock: &str, owner: &str, key: &str) -> String {
+    body(&[owns(lock, owner), exists(key)], &[del(key), del(lock)])
+}
+
+/// The lock-granted hook's finalize for `retry-release`: T4 + T3 completed→pending + T2,
+/// i.e. the op goes back to the head of `pending` with its new attempt count and the lock
+/// is released together.
+pub fn requeue_and_release(
+    lock: &str,
+    owner: &str,
+    from_key: &str,
+    to_key: &str,
+    value: &str,
+) -> String {
+    body(
+        &[owns(lock, owner), exists(from_key)],
+        &[put(to_key, value), del(from_key), del(lock)],
+    )
+}
+
+/// One read of everything the lock-granted hook needs: the lock's holder and the heads of
+/// this owner's `inprogress` and `pending` queues (run with `-w json`).
+pub fn read_turn(lock: &str, inprogress: &str, pending: &str) -> String {
+    body(
+        &[],
+        &[
+            format!("get {}", go_quote(lock)),
+            format!("get {} --prefix --limit=1", go_quote(inprogress)),
+            format!("get {} --prefix --limit=1", go_quote(pending)),
+        ],
     )
 }
 

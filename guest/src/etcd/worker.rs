@@ -8,9 +8,15 @@
 //! call's output.
 //!
 //! Differences from the reference, all invisible to other units:
-//! * no 15 s lock polling and no 30 s sleep after a release: contention is retried with a
-//!   short backoff, and after a release the worker yields one backoff before competing again
-//!   so that waiting units get the key first;
+//! * no 15 s lock polling and no 30 s sleep after a release: a worker that finds the lock
+//!   held watches the lock key from the revision at which it saw it held (so a release in
+//!   between is not missed) and tries again at the first event, and after a release it
+//!   yields briefly before competing again so that waiting units get the key first;
+//! * taking the lock and claiming the pending head is one transaction, and the hook that
+//!   finishes an op drops or requeues it and releases the lock in one transaction (when the
+//!   worker that claimed it is this one, see [`CLAIM_FILE`]); the worker watches its
+//!   in-progress key to learn that the hook is done. The keys and values written are those
+//!   of the reference's sequence of transactions, so other units see the same states;
 //! * the lease is kept alive with `lease keep-alive --once` between steps (no helper
 //!   process); if the worker dies the lease lapses within its TTL and the key goes with it;
 //! * the worker exits when its unit has nothing pending instead of idling forever, and a
@@ -30,6 +36,12 @@ pub const ETCD_FAILED_HOOK: &str = "rollingops_etcd_failed";
 /// A file under base_dir whose presence asks the worker to release and exit (written when
 /// the unit falls back to the peer relation; removed when a worker is started).
 pub const STOP_FILE: &str = "etcd/worker-stop";
+/// A file under base_dir where the worker writes the op id it claimed before dispatching the
+/// lock-granted hook. A hook that finds the op it runs named there knows that this
+/// implementation's worker is waiting (watching the in-progress key), so it may finalize and
+/// release in one transaction; for any other worker (the reference's, still running after an
+/// upgrade, polls `completed`) it moves the op to `completed` as the reference does.
+pub const CLAIM_FILE: &str = "etcd/worker-claim";
 
 /// Timing knobs.
 #[derive(Clone, Debug)]
@@ -38,7 +50,8 @@ pub struct Timing {
     pub lease_ttl: u32,
     /// Renew the lease at least this often (milliseconds).
     pub keep_alive_ms: u64,
-    /// First retry delay when the lock is taken (milliseconds); doubles up to `max_backoff_ms`.
+    /// First retry delay after a failed etcdctl call or watch (milliseconds); doubles up to
+    /// `max_backoff_ms`.
     pub min_backoff_ms: u64,
     /// Longest retry delay (milliseconds).
     pub max_backoff_ms: u64,
@@ -46,6 +59,21 @@ pub struct Timing {
     pub hook_timeout_ms: u64,
     /// Retryable etcdctl failures tolerated in a row before giving up.
     pub retry_budget: u32,
+    /// Longest single watch (milliseconds); below `keep_alive_ms` so renewals stay on time.
+    pub watch_timeout_ms: u32,
+    /// After releasing, wait this long before competing again, so that units already
+    /// waiting (woken by their watch) take the lock first (milliseconds).
+    pub yield_after_release_ms: u64,
+    /// After losing the race that followed a release, wait this long before watching again
+    /// (milliseconds). The watch starts from the revision of the lost attempt, so nothing is
+    /// missed; the pause only keeps the losers' etcdctl start-ups off the CPU while the
+    /// winner's hook starts (the next release cannot come before that hook has run).
+    pub rewatch_delay_ms: u64,
+    /// After the hook's finalize (the watch on the in-progress key fired), wait this long
+    /// before this worker's own bookkeeping (milliseconds): when the hook released the lock
+    /// the next unit is starting, and this worker's etcdctl start-ups would compete with it
+    /// for the CPU.
+    pub after_hook_delay_ms: u64,
 }
 
 impl Default for Timing {
@@ -57,6 +85,10 @@ impl Default for Timing {
             max_backoff_ms: 250,
             hook_timeout_ms: 600_000,
             retry_budget: 12,
+            watch_timeout_ms: 10_000,
+            yield_after_release_ms: 50,
+            rewatch_delay_ms: 20,
+            after_hook_delay_ms: 100,
         }
     }
 }
@@ -70,12 +102,22 @@ pub enum Call {
     Value(String),
     /// A transaction body.
     Txn(String),
+    /// A transaction body, answered as JSON (`-w json`): its revision and reads.
+    TxnJson(String),
     /// `lease grant <ttl>`.
     LeaseGrant(u32),
     /// `lease keep-alive --once <id>`.
     KeepAlive(String),
     /// `lease revoke <id>`.
     LeaseRevoke(String),
+    /// `watch <key> --rev=<from_revision>`: never ends by itself; run it with the host's
+    /// watch, which returns at the first line of output (the first event).
+    Watch {
+        /// The key watched.
+        key: String,
+        /// The first revision reported (earlier events are history).
+        from_revision: u64,
+    },
 }
 
 impl Call {
@@ -86,9 +128,14 @@ impl Call {
             Call::First(prefix) => (args(&["get", prefix, "--prefix", "--limit=1"]), None),
             Call::Value(key) => (args(&["get", key, "--print-value-only"]), None),
             Call::Txn(body) => (args(&["txn"]), Some(body.clone())),
+            Call::TxnJson(body) => (args(&["-w", "json", "txn"]), Some(body.clone())),
             Call::LeaseGrant(ttl) => (args(&["lease", "grant", &ttl.to_string()]), None),
             Call::KeepAlive(id) => (args(&["lease", "keep-alive", "--once", id]), None),
             Call::LeaseRevoke(id) => (args(&["lease", "revoke", id]), None),
+            Call::Watch { key, from_revision } => (
+                args(&["watch", key, &format!("--rev={from_revision}")]),
+                None,
+            ),
         }
     }
 }
@@ -98,6 +145,9 @@ impl Call {
 pub enum Step {
     /// Run etcdctl and report with [`Worker::handle`].
     Etcdctl(Call),
+    /// Watch with etcdctl until its first line of output, its exit, or `timeout_ms` (then
+    /// kill it), and report with [`Worker::handle`].
+    Watch(Call, u32),
     /// Wait, then poll again.
     Sleep(u64),
     /// Run this hook on the unit (returns at once), then poll again.
@@ -132,8 +182,10 @@ enum State {
     ExpectLease,
     /// Try the lock transaction.
     ExpectLock,
-    /// Lock taken by someone else: wait.
-    Contended,
+    /// Lock seen held at this revision: watch it.
+    Contended { from_revision: u64 },
+    /// Watching the lock key.
+    WatchingLock,
     /// Read the pending head to claim it.
     ExpectPendingHead,
     /// Move the head to `inprogress`.
@@ -145,8 +197,13 @@ enum State {
     DispatchHook,
     /// Poll `completed`.
     ExpectCompleted,
+    /// `completed` is empty: is the op still in progress, or did the hook finish it and
+    /// release the lock itself?
+    ExpectInProgress,
     /// Waiting for the hook to finish.
     AwaitingHook,
+    /// Watching the in-progress key for the hook's finalize.
+    WatchingHook,
     /// Requeue or drop the completed op.
     ExpectPostProcess { release_after: bool },
     /// Revoke the lease (frees the lock).
@@ -176,10 +233,17 @@ pub struct Worker {
     now_ms: u64,
     /// The op claimed under the lock, if any.
     claimed: Option<(String, Operation)>,
+    /// The revision of the claim (the watch for the hook starts after it), if known.
+    claim_revision: Option<u64>,
+    /// The pending head to claim together with the lock.
+    next: Option<(String, Operation)>,
     /// The completed op being post-processed.
     completed: Option<(String, Operation)>,
     /// After a release with more work pending, yield once before competing again.
     yield_before_lock: bool,
+    /// The last lock watch reported an event (a release), so a failed attempt now is a
+    /// lost race.
+    woken_by_release: bool,
     /// A pause to take before the next step (retryable failure).
     pending_sleep: Option<u64>,
     /// Asked to stop: exit after releasing.
@@ -207,8 +271,11 @@ impl Worker {
             hook_dispatched_at_ms: 0,
             now_ms,
             claimed: None,
+            claim_revision: None,
+            next: None,
             completed: None,
             yield_before_lock: false,
+            woken_by_release: false,
             pending_sleep: None,
             stopping: false,
             finished: None,
@@ -219,6 +286,11 @@ impl Worker {
     /// Whether this worker currently holds the lock.
     pub fn holding(&self) -> bool {
         self.holding
+    }
+
+    /// The id of the op this worker claimed and is running a hook for (see [`CLAIM_FILE`]).
+    pub fn claimed_op_id(&self) -> Option<String> {
+        self.claimed.as_ref().map(|(_, op)| op.op_id())
     }
 
     /// Release (if holding) and exit, without claiming anything more.
@@ -252,30 +324,42 @@ impl Worker {
             State::CheckPending => {
                 if self.yield_before_lock {
                     self.yield_before_lock = false;
-                    return Step::Sleep(self.timing.max_backoff_ms);
+                    return Step::Sleep(self.timing.yield_after_release_ms);
                 }
                 Step::Etcdctl(Call::First(self.keys.pending.clone()))
             }
             State::ExpectLease => Step::Etcdctl(Call::LeaseGrant(self.timing.lease_ttl)),
             State::ExpectLock => {
                 let lease = self.lease.clone().unwrap_or_default();
-                Step::Etcdctl(Call::Txn(txn::acquire(
-                    &self.keys.lock,
-                    &self.owner,
-                    &lease,
-                )))
+                let body = match &self.next {
+                    Some((key, op)) if self.claimed.is_none() && self.completed.is_none() => {
+                        let to = format!("{}{}", self.keys.inprogress, op.op_id());
+                        txn::acquire_and_claim(
+                            &self.keys.lock,
+                            &self.owner,
+                            &lease,
+                            key,
+                            &to,
+                            &op.to_json(),
+                        )
+                    }
+                    _ => txn::acquire_or_read(&self.keys.lock, &self.owner, &lease),
+                };
+                Step::Etcdctl(Call::TxnJson(body))
             }
-            State::Contended => {
-                let wait = self.backoff_ms;
-                self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
-                self.state = State::ExpectLock;
-                Step::Sleep(wait)
+            State::Contended { from_revision } => {
+                let call = Call::Watch {
+                    key: self.keys.lock.clone(),
+                    from_revision: *from_revision,
+                };
+                self.state = State::WatchingLock;
+                Step::Watch(call, self.timing.watch_timeout_ms)
             }
             State::ExpectPendingHead => Step::Etcdctl(Call::First(self.keys.pending.clone())),
             State::ExpectClaim => {
                 let (key, op) = self.claimed.clone().expect("claim follows a pending head");
                 let to = format!("{}{}", self.keys.inprogress, op.op_id());
-                Step::Etcdctl(Call::Txn(txn::move_op(
+                Step::Etcdctl(Call::TxnJson(txn::move_op(
                     &self.keys.lock,
                     &self.owner,
                     &key,
@@ -291,17 +375,35 @@ impl Worker {
                 Step::Dispatch(LOCK_GRANTED_HOOK)
             }
             State::ExpectCompleted => Step::Etcdctl(Call::First(self.keys.completed.clone())),
-            State::VerifyClaim => Step::Etcdctl(Call::First(self.keys.inprogress.clone())),
+            State::ExpectInProgress | State::VerifyClaim => {
+                Step::Etcdctl(Call::First(self.keys.inprogress.clone()))
+            }
             State::AwaitingHook => {
                 if now_ms.saturating_sub(self.hook_dispatched_at_ms) >= self.timing.hook_timeout_ms
                 {
                     self.state = State::DispatchHook;
                     return self.poll(now_ms);
                 }
-                let wait = self.backoff_ms;
-                self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
-                self.state = State::ExpectCompleted;
-                Step::Sleep(wait)
+                match (&self.claimed, self.claim_revision) {
+                    (Some((_, op)), Some(revision)) => {
+                        let call = Call::Watch {
+                            key: format!("{}{}", self.keys.inprogress, op.op_id()),
+                            from_revision: revision + 1,
+                        };
+                        self.state = State::WatchingHook;
+                        Step::Watch(call, self.timing.watch_timeout_ms)
+                    }
+                    _ => {
+                        let wait = self.backoff_ms;
+                        self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+                        self.state = State::ExpectCompleted;
+                        Step::Sleep(wait)
+                    }
+                }
+            }
+            // A watch is under way; the host reports its end with `handle`.
+            State::WatchingLock | State::WatchingHook => {
+                Step::Exit(Err("polled during a watch".into()))
             }
             State::ExpectPostProcess { .. } => {
                 let (key, op) = self
@@ -341,14 +443,15 @@ impl Worker {
     }
 
     fn waiting_state(&self) -> bool {
-        matches!(
-            self.state,
-            State::Contended | State::AwaitingHook | State::ExpectCompleted | State::ExpectLock
-        )
+        matches!(self.state, State::Contended { .. } | State::AwaitingHook)
     }
 
-    /// Report the output of the last [`Step::Etcdctl`].
+    /// Report the output of the last [`Step::Etcdctl`] or [`Step::Watch`].
     pub fn handle(&mut self, output: Output) {
+        if matches!(self.state, State::WatchingLock | State::WatchingHook) {
+            self.after_watch(&output);
+            return;
+        }
         if let Some(failure) = etcdctl::classify(output.code, &output.stderr, output.timed_out) {
             self.on_failure(failure);
             return;
@@ -358,6 +461,27 @@ impl Worker {
         self.state = match self.advance(state, &output.stdout) {
             Ok(next) => next,
             Err(why) => State::Failed(why),
+        };
+    }
+
+    /// Whatever a watch reports, the next step re-reads etcd, which is where errors are
+    /// judged; a watch that ended without an event or a timeout (etcd unreachable, revision
+    /// compacted) is followed by a backoff so that a failing watch cannot spin.
+    fn after_watch(&mut self, output: &Output) {
+        let saw_event = etcdctl::watch_saw_event(&output.stdout);
+        self.woken_by_release = saw_event && self.state == State::WatchingLock;
+        if saw_event {
+            self.backoff_ms = self.timing.min_backoff_ms;
+            if self.state == State::WatchingHook {
+                self.pending_sleep = Some(self.timing.after_hook_delay_ms);
+            }
+        } else if !output.timed_out {
+            self.pending_sleep = Some(self.backoff_ms);
+            self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+        }
+        self.state = match self.state {
+            State::WatchingLock => State::ExpectLock,
+            _ => State::ExpectCompleted,
         };
     }
 
@@ -394,8 +518,18 @@ impl Worker {
             },
             State::CheckPending => match first(stdout)? {
                 None => State::Finished,
-                Some(_) if self.holding => State::ExpectPendingHead,
-                Some(_) => State::ExpectLease,
+                Some(head) if self.holding => {
+                    self.claimed = Some(head);
+                    State::ExpectClaim
+                }
+                Some(head) => {
+                    self.next = Some(head);
+                    if self.lease.is_some() {
+                        State::ExpectLock
+                    } else {
+                        State::ExpectLease
+                    }
+                }
             },
             State::ExpectLease => {
                 self.lease = Some(etcdctl::parse_lease_grant(stdout).map_err(|e| e.0)?);
@@ -403,21 +537,49 @@ impl Worker {
                 State::ExpectLock
             }
             State::ExpectLock => {
-                if etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
+                let claiming = self.claimed.is_none() && self.completed.is_none();
+                let holder = reply.ranges.first().and_then(|kvs| kvs.first());
+                // Held with our own lease although the compare failed: an earlier attempt
+                // whose reply was lost took it (a retried call finds its own write).
+                let ours_already = holder.is_some_and(|kv| {
+                    kv.value == self.owner && same_lease(&kv.lease, self.lease.as_deref())
+                });
+                if reply.succeeded || ours_already {
                     self.holding = true;
                     self.backoff_ms = self.timing.min_backoff_ms;
-                    if self.completed.is_some() {
+                    if let (true, Some(next)) = (claiming, self.next.take()) {
+                        self.claimed = Some(next);
+                        if reply.succeeded {
+                            self.claim_revision = Some(reply.revision);
+                            State::DispatchHook
+                        } else {
+                            // Whether that attempt also claimed the op is what
+                            // VerifyClaim finds out.
+                            State::VerifyClaim
+                        }
+                    } else if self.completed.is_some() {
                         State::ExpectPostProcess {
                             release_after: true,
                         }
                     } else if self.claimed.is_some() {
                         // A recovered in-progress op: ours again under the new lock.
+                        self.claim_revision = Some(reply.revision);
                         State::DispatchHook
                     } else {
                         State::ExpectPendingHead
                     }
+                } else if holder.is_none() && claiming {
+                    // The lock was free, so the pending head is what changed: look again.
+                    self.next = None;
+                    State::CheckPending
                 } else {
-                    State::Contended
+                    if std::mem::take(&mut self.woken_by_release) {
+                        self.pending_sleep = Some(self.timing.rewatch_delay_ms);
+                    }
+                    State::Contended {
+                        from_revision: reply.revision + 1,
+                    }
                 }
             }
             State::ExpectPendingHead => match first(stdout)? {
@@ -428,7 +590,9 @@ impl Worker {
                 None => State::ExpectRevoke,
             },
             State::ExpectClaim => {
-                if etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
+                let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
+                if reply.succeeded {
+                    self.claim_revision = Some(reply.revision);
                     State::DispatchHook
                 } else {
                     State::VerifyClaim
@@ -439,6 +603,7 @@ impl Worker {
                     if self.claimed.as_ref().map(|(_, op)| op.op_id()) == Some(found.1.op_id()) =>
                 {
                     self.claimed = Some(found);
+                    self.claim_revision = None;
                     State::DispatchHook
                 }
                 _ => {
@@ -454,7 +619,18 @@ impl Worker {
                     self.claimed = None;
                     State::ExpectPostProcess { release_after }
                 }
-                None => State::AwaitingHook,
+                None => State::ExpectInProgress,
+            },
+            State::ExpectInProgress => match first(stdout)? {
+                Some(_) => State::AwaitingHook,
+                // The hook finalized and released the lock in one transaction: give the
+                // lease back (nothing is attached to it any more) and look for more work.
+                None => {
+                    self.claimed = None;
+                    self.claim_revision = None;
+                    self.holding = false;
+                    State::ExpectRevoke
+                }
             },
             State::ExpectPostProcess { release_after } => {
                 if !etcdctl::parse_txn(stdout).map_err(|e| e.0)? {
@@ -469,17 +645,14 @@ impl Worker {
             }
             State::ExpectRevoke => {
                 self.lease = None;
-                State::ExpectReleaseTxn
-            }
-            State::ExpectReleaseTxn => {
-                self.holding = false;
-                self.yield_before_lock = true;
-                if self.stopping {
-                    State::Finished
+                if self.holding {
+                    State::ExpectReleaseTxn
                 } else {
-                    State::CheckPending
+                    // The hook released the lock already (or it was never taken).
+                    self.after_release()
                 }
             }
+            State::ExpectReleaseTxn => self.after_release(),
             State::ExpectKeepAlive { resume } => {
                 self.last_keep_alive_ms = self.now_ms;
                 *resume
@@ -487,6 +660,22 @@ impl Worker {
             other => other,
         })
     }
+
+    fn after_release(&mut self) -> State {
+        self.holding = false;
+        self.yield_before_lock = true;
+        if self.stopping {
+            State::Finished
+        } else {
+            State::CheckPending
+        }
+    }
+}
+
+/// Two lease ids in etcdctl's hexadecimal form name the same lease.
+fn same_lease(a: &str, b: Option<&str>) -> bool {
+    let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
+    b.is_some_and(|b| id(a).is_some() && id(a) == id(b))
 }
 
 #[cfg(test)]
@@ -507,6 +696,10 @@ mod tests {
         hook_at: Option<u64>,
         runs: Vec<(u64, u64)>,
         exit: Option<Result<(), String>>,
+        /// A watch under way: key, from revision, deadline.
+        watching: Option<(String, u64, u64)>,
+        /// etcdctl invocations (calls and watches) made by the worker.
+        invocations: u32,
     }
 
     const CALLBACK_MS: u64 = 2_000;
@@ -535,10 +728,13 @@ mod tests {
             hook_at: None,
             runs: vec![],
             exit: None,
+            watching: None,
+            invocations: 0,
         }
     }
 
-    /// The lock-granted hook: run the claimed op's callback and finalize it under the lock.
+    /// The lock-granted hook, as the manager runs it (spec/etcd.md §6.4, finalize as
+    /// [`crate::etcd::turn`] decides): run the claimed op's callback and finalize it.
     fn run_hook(etcd: &mut FakeEtcd, unit: &mut Unit) {
         let Some((key, op)) = etcd
             .first(&unit.keys.inprogress)
@@ -560,19 +756,28 @@ mod tests {
             unit.results.remove(0)
         };
         let done = finalize(&op, result);
-        let to = format!("{}{}", unit.keys.completed, done.op_id());
-        let _ = etcd.run(&Call::Txn(txn::move_op(
-            &unit.keys.lock,
+        let worker_claimed = unit.worker.as_ref().and_then(Worker::claimed_op_id);
+        let body = crate::etcd::turn::finalize_body(
+            &unit.keys,
             &unit.owner,
             &key,
-            &to,
-            &done.to_json(),
-        )));
+            &done,
+            worker_claimed.as_deref() == Some(op.op_id().as_str()),
+        );
+        let _ = etcd.run(&Call::Txn(body));
     }
 
     /// Run every unit until all workers exit (or `limit_ms` passes).
     fn run(etcd: &mut FakeEtcd, units: &mut [Unit], limit_ms: u64) {
         while etcd.now_ms < limit_ms {
+            // A watcher wakes at its first event (after etcdctl's latency) or its deadline.
+            for unit in units.iter_mut() {
+                if let Some((key, from, _)) = &unit.watching
+                    && etcd.watch_event(key, *from).is_some()
+                {
+                    unit.wake_at = unit.wake_at.min(etcd.now_ms + ETCDCTL_MS);
+                }
+            }
             let Some(index) = (0..units.len())
                 .filter(|i| units[*i].worker.is_some() || units[*i].hook_at.is_some())
                 .min_by_key(|i| units[*i].hook_at.unwrap_or(u64::MAX).min(units[*i].wake_at))
@@ -592,12 +797,28 @@ mod tests {
             let Some(worker) = unit.worker.as_mut() else {
                 continue;
             };
+            if let Some((key, from, _)) = unit.watching.take() {
+                worker.handle(etcd.run(&Call::Watch {
+                    key,
+                    from_revision: from,
+                }));
+                unit.wake_at = etcd.now_ms;
+                continue;
+            }
             match worker.poll(etcd.now_ms) {
                 Step::Etcdctl(call) => {
+                    unit.invocations += 1;
                     let output = etcd.run(&call);
                     worker.handle(output);
                     unit.wake_at = etcd.now_ms + ETCDCTL_MS;
                 }
+                Step::Watch(Call::Watch { key, from_revision }, timeout_ms) => {
+                    unit.invocations += 1;
+                    let deadline = etcd.now_ms + u64::from(timeout_ms);
+                    unit.watching = Some((key, from_revision, deadline));
+                    unit.wake_at = deadline;
+                }
+                Step::Watch(other, _) => panic!("watching with {other:?}"),
                 Step::Sleep(ms) => unit.wake_at = etcd.now_ms + ms,
                 Step::Dispatch(hook) => {
                     if hook == LOCK_GRANTED_HOOK {
@@ -657,9 +878,88 @@ mod tests {
         runs.sort();
         for pair in runs.windows(2) {
             let gap = pair[1].0 - pair[0].1;
-            // Release, next contender's backoff (≤ 1 s), claim, dispatch, hook delay.
-            assert!(gap < 2_000, "hand-off took {gap} ms");
+            // The hook's finalize releases, the waiter's watch fires, one lock+claim txn,
+            // the dispatch and the hook's start: no backoff or poll interval in between.
+            let expected = 3 * ETCDCTL_MS + HOOK_DELAY_MS;
+            assert!(
+                gap <= expected,
+                "hand-off took {gap} ms, expected {expected}"
+            );
         }
+        // The last unit waited behind four callbacks of 2 s; polling every 250 ms would
+        // take ~40 calls. Watching costs a few per hand-off it sees.
+        for unit in &units {
+            assert!(
+                unit.invocations <= 30,
+                "{} made {} etcdctl invocations",
+                unit.owner,
+                unit.invocations
+            );
+        }
+    }
+
+    #[test]
+    fn a_release_before_the_watch_starts_is_not_missed() {
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        etcd.put(&u.keys.lock, "someone-else");
+        let worker = u.worker.as_mut().unwrap();
+        let watch = loop {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => worker.handle(etcd.run(&call)),
+                Step::Watch(call, _) => break call,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let seen_held_at = etcd.revision;
+        assert_eq!(
+            watch,
+            Call::Watch {
+                key: u.keys.lock.clone(),
+                from_revision: seen_held_at + 1
+            }
+        );
+        // Released (and another key written) before the watch starts.
+        etcd.delete(&u.keys.lock);
+        etcd.put("/unrelated", "x");
+        let seen = etcd.run(&watch);
+        assert!(
+            !seen.timed_out && seen.stdout.starts_with("DELETE"),
+            "{seen:?}"
+        );
+        worker.handle(seen);
+        let Step::Etcdctl(acquire @ Call::TxnJson(_)) = worker.poll(etcd.now_ms) else {
+            panic!("no attempt after the release");
+        };
+        worker.handle(etcd.run(&acquire));
+        assert_eq!(worker.poll(etcd.now_ms), Step::Dispatch(LOCK_GRANTED_HOOK));
+        assert_eq!(etcd.get(&u.keys.lock), Some(u.owner.as_str()));
+        assert!(
+            etcd.first(&u.keys.inprogress).is_some(),
+            "claimed with the lock"
+        );
+    }
+
+    #[test]
+    fn a_watch_that_ends_without_an_event_backs_off_instead_of_spinning() {
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        etcd.put(&u.keys.lock, "someone-else");
+        let worker = u.worker.as_mut().unwrap();
+        loop {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => worker.handle(etcd.run(&call)),
+                Step::Watch(..) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        worker.handle(Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: "Error: context deadline exceeded".into(),
+            timed_out: false,
+        });
+        assert!(matches!(worker.poll(etcd.now_ms), Step::Sleep(ms) if ms > 0));
     }
 
     #[test]
@@ -743,7 +1043,7 @@ mod tests {
         for _ in 0..100 {
             let step = worker.poll(etcd.now_ms);
             match &step {
-                Step::Etcdctl(call) => worker.handle(etcd.run(call)),
+                Step::Etcdctl(call) | Step::Watch(call, _) => worker.handle(etcd.run(call)),
                 Step::Sleep(ms) => etcd.advance(*ms),
                 Step::Dispatch(_) => {}
                 Step::Exit(_) => {
@@ -787,7 +1087,7 @@ mod tests {
                 Step::Etcdctl(call) => {
                     let output = etcd.run(&call);
                     let is_claim =
-                        matches!(&call, Call::Txn(body) if body.contains("/inprogress/"));
+                        matches!(&call, Call::TxnJson(body) if body.contains("/inprogress/"));
                     if is_claim && !applied_once {
                         // Applied on the server, but the reply was lost.
                         applied_once = true;
@@ -801,6 +1101,7 @@ mod tests {
                         worker.handle(output);
                     }
                 }
+                Step::Watch(call, _) => panic!("watched {call:?}: its own lock looked taken"),
                 Step::Sleep(ms) => etcd.advance(ms),
                 Step::Dispatch(hook) => {
                     assert_eq!(
@@ -814,6 +1115,57 @@ mod tests {
             }
         }
         panic!("never dispatched");
+    }
+
+    #[test]
+    fn a_lost_reply_to_the_recovery_lock_is_recognised() {
+        let mut etcd = FakeEtcd::default();
+        let mut units = vec![unit(&mut etcd, "app/0", 1, vec![])];
+        while etcd.first(&units[0].keys.inprogress).is_none() {
+            let until = etcd.now_ms + 10;
+            run(&mut etcd, &mut units, until);
+        }
+        // The worker dies after its claim; its lease lapses; a new worker recovers the op.
+        units[0].worker = None;
+        units[0].hook_at = None;
+        etcd.advance(61_000);
+        let u = &units[0];
+        let mut worker = Worker::new(u.keys.clone(), u.owner.clone(), Timing::default(), 0);
+        let mut lost_once = false;
+        for _ in 0..20 {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) => {
+                    let output = etcd.run(&call);
+                    if matches!(&call, Call::TxnJson(_)) && !lost_once {
+                        lost_once = true;
+                        worker.handle(Output {
+                            code: 1,
+                            stdout: String::new(),
+                            stderr: "Error: connection reset by peer".into(),
+                            timed_out: false,
+                        });
+                    } else {
+                        worker.handle(output);
+                    }
+                }
+                Step::Sleep(ms) => etcd.advance(ms),
+                Step::Dispatch(hook) => {
+                    assert_eq!(hook, LOCK_GRANTED_HOOK);
+                    assert!(lost_once && worker.holding());
+                    return;
+                }
+                other => panic!("{other:?}: its own lock looked taken"),
+            }
+        }
+        panic!("never dispatched");
+    }
+
+    #[test]
+    fn lease_ids_compare_as_numbers() {
+        assert!(same_lease("694d9c9aeca3422a", Some("694d9c9aeca3422a")));
+        assert!(same_lease("94d9c9aeca3422a", Some("094d9c9aeca3422a")));
+        assert!(!same_lease("1", Some("2")));
+        assert!(!same_lease("", None));
     }
 
     #[test]

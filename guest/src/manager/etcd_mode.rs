@@ -15,20 +15,11 @@ use serde_json::json;
 use super::{Command, LogLevel, Manager};
 use crate::etcd::keys::{self, Keys};
 use crate::etcd::queue::finalize;
-use crate::etcd::txn;
+use crate::etcd::turn;
 use crate::op::{Operation, OperationResult};
 use crate::wire::{self, Backend, Intent, UnitRecord};
 
-/// What etcd holds for this unit, read at the start of the hook.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EtcdFacts {
-    /// Value of the cluster's lock key (`None`: nobody holds it).
-    pub lock_holder: Option<String>,
-    /// The op this unit's worker claimed, with its key.
-    pub inprogress: Option<(String, Operation)>,
-    /// The first op waiting in this unit's `pending` queue.
-    pub pending_head: Option<(String, Operation)>,
-}
+pub use crate::etcd::turn::EtcdFacts;
 
 /// etcd as this hook sees it; present only when the charm gave both an etcd relation name
 /// and a cluster id.
@@ -256,8 +247,11 @@ impl Manager {
         let etcd = self.etcd.clone().expect("etcd turn");
         let (owner, keys) = etcd.identity(&self.unit);
         let done = finalize(op, result);
-        let to = format!("{}{}", keys.completed, done.op_id());
-        let body = txn::move_op(&keys.lock, &owner, key, &to, &done.to_json());
+        let worker_waits = matches!(
+            &etcd.facts,
+            Some(Ok(facts)) if facts.worker_claim.as_deref() == Some(op.op_id().as_str())
+        );
+        let body = turn::finalize_body(&keys, &owner, key, &done, worker_waits);
         let env = etcd.environment.unwrap_or_default();
         self.etcdctl(vec!["txn".into()], Some(body), &env, EtcdPurpose::Finalize);
         // Mirror exactly as the peer backend records a result.
@@ -469,6 +463,7 @@ mod tests {
                 ["get", key, "--print-value-only"] => Call::Value(key.to_string()),
                 ["get", prefix, "--prefix", "--limit=1"] => Call::First(prefix.to_string()),
                 ["txn"] => Call::Txn(stdin.unwrap_or_default().into()),
+                ["-w", "json", "txn"] => Call::TxnJson(stdin.unwrap_or_default().into()),
                 ["put", key] => {
                     self.etcd.put(key, stdin.unwrap_or_default());
                     return Ok(Output {
@@ -479,7 +474,14 @@ mod tests {
                     });
                 }
                 ["del", prefix, "--prefix"] => {
-                    self.etcd.kv.retain(|k, _| !k.starts_with(prefix));
+                    let doomed: Vec<String> = self
+                        .etcd
+                        .kv
+                        .keys()
+                        .filter(|k| k.starts_with(prefix))
+                        .cloned()
+                        .collect();
+                    doomed.iter().for_each(|k| self.etcd.delete(k));
                     return Ok(Output {
                         code: 0,
                         stdout: "0\n".into(),
@@ -654,6 +656,41 @@ mod tests {
         assert_eq!(bag["state"], "retry-release");
         assert!(bag["operations"].contains(r#""attempt":1,"result":null"#));
         assert_eq!(bag["processing_backend"], "etcd");
+    }
+
+    #[test]
+    fn the_hook_releases_the_lock_with_the_result_when_our_worker_claimed_the_op() {
+        for (result, requeued) in [("release", false), ("retry-release", true)] {
+            let mut world = World::configured();
+            request(&mut world.unit(), "{}");
+            worker_claims(&mut world);
+            let keys = world.keys();
+            let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
+            let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
+            world.files.insert(
+                crate::etcd::worker::CLAIM_FILE.into(),
+                op_id.as_bytes().to_vec(),
+            );
+            let mut unit = world.unit();
+            unit.result = Some(result.into());
+            event(&mut unit, Event::LockGranted);
+            assert_eq!(unit.calls, ["restart"]);
+            assert_eq!(
+                world.etcd.get(&keys.lock),
+                None,
+                "lock released by the hook"
+            );
+            assert_eq!(world.etcd.first(&keys.inprogress), None);
+            assert_eq!(world.etcd.first(&keys.completed), None);
+            let pending = world.etcd.first(&keys.pending).map(|(_, v)| v);
+            assert_eq!(pending.is_some(), requeued, "{pending:?}");
+            let bag = world.bag();
+            assert_eq!(bag["processing_backend"], "etcd", "no fallback");
+            assert_eq!(
+                bag["state"],
+                if requeued { "retry-release" } else { "idle" }
+            );
+        }
     }
 
     #[test]

@@ -478,6 +478,42 @@ def test_etcdctl_timeout(sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path):
     assert getattr(out, 'timed-out') is True
 
 
+def test_watch_returns_at_the_first_line(sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path):
+    host, _ = sandbox
+    program = tmp_path / 'etcdctl'
+    program.write_text(
+        '#!/bin/sh\n'
+        'case "$1" in\n'
+        '  event) echo "DELETE $ETCDCTL_API:$HOME"; sleep 1; echo late; sleep 5;;\n'
+        '  quiet) sleep 5;;\n'
+        '  fail) echo oops >&2; exit 3;;\n'
+        'esac\n'
+    )
+    program.chmod(0o755)
+    monkeypatch.setattr(_host.Host, 'etcdctl_path', lambda self: str(program))
+    started = time.monotonic()
+    out = host.watch_etcdctl(['event'], [('ETCDCTL_API', '3')], 4000)
+    assert time.monotonic() - started < 0.9, 'waited past the first line'
+    assert isinstance(out, wc.Record)
+    assert out.stdout == 'DELETE 3:\n'
+    assert (out.code, getattr(out, 'timed-out')) == (-1, False)
+
+    started = time.monotonic()
+    out = host.watch_etcdctl(['quiet'], [], 300)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert (out.code, out.stdout, getattr(out, 'timed-out')) == (-1, '', True)
+
+    out = host.watch_etcdctl(['fail'], [], 4000)
+    assert (out.code, out.stderr, getattr(out, 'timed-out')) == (3, 'oops\n', False)
+
+
+def test_watch_with_etcdctl_missing_is_refused(sandbox):
+    host, _ = sandbox
+    result = host.watch_etcdctl(['watch', 'k'], [], 1000)
+    assert isinstance(result, Variant)
+    assert result.tag == 'etcdctl'
+
+
 def test_component_gets_no_wasi_capabilities(session_base_dir: Path):
     # The component's WASI world has no filesystem and no sockets imports to preopen or allow.
     compiled = _runtime.load(str(session_base_dir))

@@ -31,6 +31,7 @@ use crate::host::Host;
 use crate::juju::{CharmCode, JujuEnv, JujuHost};
 use crate::runtime::{self, Runtime, Session};
 use crate::sandbox::Sandbox;
+use crate::worker_process::WorkerLaunch;
 
 /// The protocol version announced in the `hello` line.
 pub const PROTOCOL_VERSION: u64 = 2;
@@ -915,11 +916,21 @@ impl Bridge {
             let env = JujuEnv::from_env().map_err(|e| {
                 Failure(json!({"kind": "host", "class": "RollingOpsError", "message": e}))
             })?;
-            Box::new(JujuHost::new(
+            let host = JujuHost::new(
                 env,
                 PathBuf::from(&config.base_dir),
                 Box::new(ClientCharm { io }),
-            ))
+            );
+            // This binary is a `rollingops`: it can be the unit's etcd worker too.
+            match std::env::current_exe() {
+                Ok(program) => Box::new(host.with_worker(WorkerLaunch {
+                    program,
+                    peer_relation: config.peer_relation_name.clone(),
+                    etcd_relation: config.etcd_relation_name.clone(),
+                    cluster_id: config.cluster_id.clone(),
+                })),
+                Err(_) => Box::new(host),
+            }
         } else {
             Box::new(ClientHost {
                 io: io.clone(),

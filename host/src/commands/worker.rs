@@ -4,7 +4,6 @@
 //! command reports and exits non-zero on.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use anyhow::Context;
 use clap::Parser;
@@ -14,16 +13,18 @@ use crate::charm::DEFAULT_BASE_DIR;
 use crate::juju::{JujuEnv, JujuHost, NoCharmCode};
 use crate::runtime::{Runtime, Session};
 use crate::sandbox::Sandbox;
+use crate::worker_process::{self, WorkerLaunch};
 
-/// The worker's log file under `base_dir` (stdout and stderr of a detached worker).
-pub const WORKER_LOG: &str = "rollingops_worker.log";
+pub use crate::worker_process::WORKER_LOG;
 
 const AFTER_HELP: &str = "Examples:
   rollingops worker --peer-relation restart --etcd-relation etcd --cluster-id c1
   rollingops worker --peer-relation restart --detach     start it in the background
 
 With --detach the worker starts in a new session with its output appended to
-<base-dir>/rollingops_worker.log, and this command returns at once with its pid.";
+<base-dir>/rollingops_worker.log, and this command returns at once with its pid.
+Only one worker runs per base-dir: it holds <base-dir>/etcd/worker.lock while it runs,
+and a second one exits at once.";
 
 /// Run the worker loop.
 #[derive(Debug, Parser)]
@@ -54,6 +55,13 @@ impl WorkerCommand {
             println!("{pid}");
             return Ok(true);
         }
+        // One worker per unit: it holds the worker lock for as long as it runs.
+        let Some(_lock) = worker_process::take_worker_lock(&self.base_dir)
+            .with_context(|| format!("locking {}", self.base_dir.display()))?
+        else {
+            eprintln!("rollingops worker: this unit's worker is already running; exiting.");
+            return Ok(true);
+        };
         let env = JujuEnv::from_env().map_err(anyhow::Error::msg)?;
         let runtime = Runtime::new(Some(&self.base_dir))?;
         let config = Config {
@@ -74,44 +82,14 @@ impl WorkerCommand {
     }
 
     fn spawn_detached(&self) -> anyhow::Result<u32> {
-        use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().context("locating the rollingops binary")?;
-        std::fs::create_dir_all(&self.base_dir)
-            .with_context(|| format!("creating {}", self.base_dir.display()))?;
-        let log_path = self.base_dir.join(WORKER_LOG);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let mut command = Command::new(exe);
-        command
-            .arg("worker")
-            .arg("--peer-relation")
-            .arg(&self.peer_relation)
-            .arg("--base-dir")
-            .arg(&self.base_dir);
-        if let Some(etcd) = &self.etcd_relation {
-            command.arg("--etcd-relation").arg(etcd);
-        }
-        if let Some(cluster) = &self.cluster_id {
-            command.arg("--cluster-id").arg(cluster);
-        }
-        command
-            .env_remove("JUJU_CONTEXT_ID")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: `setsid` is async-signal-safe; the child only leaves our session.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("starting the worker")?;
-        Ok(child.id())
+        let launch = WorkerLaunch {
+            program: exe.clone(),
+            peer_relation: self.peer_relation.clone(),
+            etcd_relation: self.etcd_relation.clone(),
+            cluster_id: self.cluster_id.clone(),
+        };
+        worker_process::spawn_detached(&exe, &launch.args(&self.base_dir), &self.base_dir)
+            .with_context(|| format!("starting the worker under {}", self.base_dir.display()))
     }
 }

@@ -24,10 +24,11 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import ops
 from wasmtime.component import Record, Variant
@@ -403,6 +404,70 @@ class Host:
             return _err('etcdctl', f'etcdctl could not be started: {e}')
         code = done.returncode if done.returncode >= 0 else -1
         return _exec_output(code, done.stdout, done.stderr, timed_out=False)
+
+    def watch_etcdctl(
+        self,
+        args: list[str],
+        env: list[tuple[str, str]],
+        timeout_ms: int,
+    ) -> Record | Variant:
+        """Run etcdctl until its first complete stdout line, its exit, or the timeout.
+
+        For ``etcdctl watch``, which never exits by itself: the first line is the first
+        event. A process still running at that point is killed.
+        """
+        program = self.etcdctl_path()
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            return _err('etcdctl', f'etcdctl is not installed at {program}')
+        try:
+            child = subprocess.Popen(
+                [program, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(env),
+            )
+        except OSError as e:
+            return _err('etcdctl', f'etcdctl could not be started: {e}')
+        assert child.stdout is not None and child.stderr is not None
+        lines: list[bytes] = []
+        errors: list[bytes] = []
+        first_line = threading.Event()
+        eof = threading.Event()
+
+        def read_stdout(pipe: IO[bytes]) -> None:
+            for line in iter(pipe.readline, b''):
+                lines.append(line)
+                if line.endswith(b'\n'):
+                    first_line.set()
+            eof.set()
+            first_line.set()
+
+        def read_stderr(pipe: IO[bytes]) -> None:
+            errors.extend(iter(pipe.readline, b''))
+
+        readers = [
+            threading.Thread(target=read_stdout, args=(child.stdout,), daemon=True),
+            threading.Thread(target=read_stderr, args=(child.stderr,), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        timed_out = not first_line.wait(timeout_ms / 1000)
+        code: int | None
+        if eof.is_set():
+            # stdout closed: the process is exiting and its output is complete.
+            code = child.wait()
+            for reader in readers:
+                reader.join()
+        else:
+            code = child.poll()
+            if code is None:
+                child.kill()
+                child.wait()
+                code = -1
+        out = b''.join(lines).decode(errors='replace')
+        err = b''.join(errors).decode(errors='replace')
+        return _exec_output(code if code >= 0 else -1, out, err, timed_out=timed_out)
 
     # -- files -----------------------------------------------------------------------------
 

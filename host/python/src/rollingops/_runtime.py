@@ -60,7 +60,11 @@ _IMPORTS: dict[str, dict[str, str]] = {
         'dispatch-after': 'dispatch_after',
     },
     'clock': {'now-micros': 'now_micros', 'sleep-ms': 'sleep_ms'},
-    'process': {'run-etcdctl': 'run_etcdctl', 'start-worker': 'start_worker'},
+    'process': {
+        'run-etcdctl': 'run_etcdctl',
+        'watch-etcdctl': 'watch_etcdctl',
+        'start-worker': 'start_worker',
+    },
     'files': {'read': 'read', 'write': 'write', 'remove': 'remove'},
     'crypto': {'generate-client-identity': 'generate_client_identity'},
     'charm': {
