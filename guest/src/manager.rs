@@ -254,6 +254,16 @@ struct Peer {
 }
 
 impl Peer {
+    /// Every unit's record, this unit's (`local`) included, in unit order.
+    fn units_with<'a>(&'a self, local: &'a UnitRecord) -> Vec<&'a UnitRecord> {
+        let at = self
+            .remotes
+            .partition_point(|r| wire::unit_order_key(&r.name) < wire::unit_order_key(&local.name));
+        let mut units: Vec<&UnitRecord> = self.remotes.iter().collect();
+        units.insert(at, local);
+        units
+    }
+
     /// A remote unit's decoded bag, if it was read (binary search: `remotes` is in unit
     /// order, and the leader looks units up once per unit per pass).
     fn record(&self, name: &str) -> Option<&UnitRecord> {
@@ -320,8 +330,10 @@ impl Manager {
                 .filter(|(name, _)| **name != context.unit)
                 .map(|(name, bag)| UnitRecord::decode(name, bag))
                 .collect();
-            remotes
-                .sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            // Names are unique, so an unstable sort orders them the same.
+            remotes.sort_unstable_by(|a, b| {
+                wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name))
+            });
             Peer {
                 relation_id: data.relation_id,
                 app: data.app,
@@ -369,9 +381,10 @@ impl Manager {
         self.engaged = std::cell::OnceCell::new();
         if let Some(peer) = self.peer.as_mut() {
             peer.remotes.retain(|r| r.name != unit);
-            peer.remotes.push(UnitRecord::decode(unit, bag));
-            peer.remotes
-                .sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            let at = peer
+                .remotes
+                .partition_point(|r| wire::unit_order_key(&r.name) < wire::unit_order_key(unit));
+            peer.remotes.insert(at, UnitRecord::decode(unit, bag));
         }
     }
 
@@ -740,10 +753,8 @@ impl Manager {
         };
         let lock = LockState::decode(&peer.app);
         let local = self.local_record();
-        let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
-        units.push(&local);
-        units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
-        let units: Vec<Value> = units
+        let units: Vec<Value> = peer
+            .units_with(&local)
             .into_iter()
             .map(|u| describe_unit(u, self.now))
             .collect();
@@ -951,9 +962,7 @@ impl Manager {
         {
             let local = self.local_record();
             let peer = self.peer.as_ref().expect("scheduling needs the relation");
-            let mut units: Vec<&UnitRecord> = peer.remotes.iter().collect();
-            units.push(&local);
-            units.sort_by(|a, b| wire::unit_order_key(&a.name).cmp(&wire::unit_order_key(&b.name)));
+            let units = peer.units_with(&local);
             let skipped: Vec<String> = units
                 .iter()
                 .filter_map(|u| {

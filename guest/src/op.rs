@@ -211,7 +211,7 @@ pub(crate) fn json_string(text: &str) -> String {
 /// kwargs as compact JSON with top-level keys sorted; nested objects keep their order.
 pub fn kwargs_json(kwargs: &Map<String, Value>) -> String {
     let mut keys: Vec<&String> = kwargs.keys().collect();
-    keys.sort();
+    keys.sort_unstable();
     let mut out = String::from("{");
     for (index, key) in keys.into_iter().enumerate() {
         if index > 0 {
