@@ -59,6 +59,15 @@ DISPATCH_LOG = 'rollingops_dispatch.log'
 _JUJU_EXEC_FALLBACKS = ('/usr/bin/juju-exec', '/charm/bin/juju-exec')
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """What a manager in etcd mode knows about its etcd worker (see ``rollingops._worker``)."""
+
+    peer_relation: str
+    etcd_relation: str
+    cluster_id: str
+
+
 def _err(case: str, message: str) -> Variant:
     return Variant(case, message)
 
@@ -213,6 +222,8 @@ class Host:
         """A non-``Exception`` throwable raised inside an import; re-raised after the call."""
         self.backend_error: BaseException | None = None
         """The last exception a sync-lock backend raised, to chain the library's error to it."""
+        self.worker: WorkerSettings | None = None
+        """How to start this unit's etcd worker; None when the manager has no etcd mode."""
 
     # -- juju ------------------------------------------------------------------------------
 
@@ -335,7 +346,7 @@ class Host:
     def dispatch_after(self, event_name: str, delay_ms: int) -> Variant | None:
         if not _HOOK_NAME.match(event_name):
             return _err('host', f'refusing to dispatch {event_name!r}: not a hook name')
-        unit = self._model.unit.name
+        unit = self.unit_name()
         dispatch = _seam('dispatch')
         if dispatch is not None:
             dispatch(unit, event_name, delay_ms)
@@ -343,10 +354,10 @@ class Host:
         try:
             if delay_ms > 0:
                 spawn_dispatch(
-                    unit, str(self._charm.charm_dir), event_name, self.base_dir, delay_ms=delay_ms
+                    unit, self.charm_dir(), event_name, self.base_dir, delay_ms=delay_ms
                 )
             else:
-                spawn_dispatch(unit, str(self._charm.charm_dir), event_name, self.base_dir)
+                spawn_dispatch(unit, self.charm_dir(), event_name, self.base_dir)
         except OSError as e:
             return _err('host', f'juju-exec {event_name} could not be started: {e}')
         if delay_ms > 0:
@@ -368,15 +379,50 @@ class Host:
 
     # -- process ---------------------------------------------------------------------------
 
+    def charm_dir(self) -> str:
+        """The charm directory (holding ``dispatch`` and ``usr/bin/etcdctl``)."""
+        return str(self._charm.charm_dir)
+
     def etcdctl_path(self) -> str:
         """The only program the component may run."""
-        return os.path.join(str(self._charm.charm_dir), 'usr', 'bin', 'etcdctl')
+        return os.path.join(self.charm_dir(), 'usr', 'bin', 'etcdctl')
 
-    def start_worker(self) -> Variant:
-        # The etcd worker needs a process that runs the component outside any hook; this
-        # host does not provide one yet, so the component keeps the unit on the peer
-        # relation.
-        return _err('etcd-not-configured', 'the Python host cannot start the etcd worker yet')
+    def start_worker(self) -> Variant | None:
+        """Start this unit's etcd worker (``python -m rollingops._worker``) unless one runs.
+
+        Returns at once; see :mod:`rollingops._worker` for the process and its lock.
+        """
+        from . import _worker  # here: the worker module imports this one
+
+        settings = self.worker
+        if settings is None:
+            return _err(
+                'etcd-not-configured',
+                'this manager has no etcd relation and cluster id, so it runs no etcd worker',
+            )
+        launch = _worker.WorkerLaunch(
+            unit_name=self.unit_name(),
+            model_uuid=self.model_uuid(),
+            charm_dir=self.charm_dir(),
+            # A relative base_dir is relative to the hook's directory; the worker's is the same
+            # (the charm directory), but an absolute path says so in `ps` and the lock's path.
+            base_dir=os.path.abspath(self.base_dir),
+            peer_relation=settings.peer_relation,
+            etcd_relation=settings.etcd_relation,
+            cluster_id=settings.cluster_id,
+            callback_ids=tuple(self._callbacks),
+        )
+        try:
+            pid = _worker.start(launch)
+        except _worker.WorkerConfigError as e:
+            return _err('etcd-not-configured', str(e))
+        except OSError as e:
+            return _err('host', f'cannot start the etcd worker: {e}')
+        if pid is None:
+            logger.debug('The etcd worker already runs.')
+        else:
+            logger.info('Started the etcd worker (pid %d).', pid)
+        return None
 
     def run_etcdctl(
         self,

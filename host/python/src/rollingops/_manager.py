@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import ops
 
 from ._errors import RollingOpsInvalidLockRequestError, RollingOpsSyncLockError
-from ._host import Host
+from ._host import Host, WorkerSettings
 from ._models import ProcessingBackend, RollingOpsState, RollingOpsStatus
 from ._runtime import Instance, load, record, variant
 from ._status import RollingOpsSnapshot, parse_snapshot
@@ -93,6 +93,8 @@ class RollingOpsManager(ops.Object):
         self._host = Host(
             charm, callback_targets, self._sync_lock_targets, self._base_dir, endpoints
         )
+        if etcd_relation_name and cluster_id:
+            self._host.worker = WorkerSettings(peer_relation_name, etcd_relation_name, cluster_id)
         self._compiled = load(self._base_dir)
         self._config_ids: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._instance: Instance | None = None
