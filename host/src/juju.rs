@@ -709,6 +709,8 @@ impl Host for JujuHost {
                 "this charm did not say how to start the etcd worker".into(),
             ));
         };
+        worker_process::request_worker(&self.base_dir)
+            .map_err(|e| WitError::FileSystem(format!("requesting the worker: {e}")))?;
         let running = worker_process::worker_running(&self.base_dir)
             .map_err(|e| WitError::FileSystem(format!("checking the worker lock: {e}")))?;
         if running {

@@ -11,6 +11,25 @@ use std::process::{Command, Stdio};
 
 /// The lock file the running worker holds, under `base_dir`.
 pub const WORKER_LOCK: &str = "etcd/worker.lock";
+/// Left by every start request before it checks the lock; a worker about to exit runs
+/// again when it finds one, so a request that came while it was finishing is not lost
+/// (the Python host uses the same file).
+pub const WORKER_WANTED: &str = "etcd/worker-wanted";
+
+/// Leave a start request (see [`WORKER_WANTED`]).
+pub fn request_worker(base_dir: &Path) -> std::io::Result<()> {
+    let path = base_dir.join(WORKER_WANTED);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, b"wanted\n")
+}
+
+/// Take a start request if there is one.
+pub fn take_request(base_dir: &Path) -> bool {
+    std::fs::remove_file(base_dir.join(WORKER_WANTED)).is_ok()
+}
+
 /// The worker's log file under `base_dir` (stdout and stderr of a detached worker).
 pub const WORKER_LOG: &str = "rollingops_worker.log";
 
@@ -112,6 +131,17 @@ mod tests {
         assert!(take_worker_lock(&base).unwrap().is_none());
         drop(held);
         assert!(!worker_running(&base).unwrap());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_start_request_is_taken_once() {
+        let base = std::env::temp_dir().join(format!("rollingops-wreq-{}", std::process::id()));
+        assert!(!take_request(&base), "no request yet");
+        request_worker(&base).unwrap();
+        request_worker(&base).unwrap();
+        assert!(take_request(&base));
+        assert!(!take_request(&base), "requests do not pile up");
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -55,13 +55,26 @@ impl WorkerCommand {
             println!("{pid}");
             return Ok(true);
         }
-        // One worker per unit: it holds the worker lock for as long as it runs.
-        let Some(_lock) = worker_process::take_worker_lock(&self.base_dir)
-            .with_context(|| format!("locking {}", self.base_dir.display()))?
-        else {
-            eprintln!("rollingops worker: this unit's worker is already running; exiting.");
-            return Ok(true);
-        };
+        // One worker per unit: it holds the worker lock for as long as it runs. A start
+        // request left while it was finishing makes it run again.
+        loop {
+            let Some(lock) = worker_process::take_worker_lock(&self.base_dir)
+                .with_context(|| format!("locking {}", self.base_dir.display()))?
+            else {
+                eprintln!("rollingops worker: this unit's worker is already running; exiting.");
+                return Ok(true);
+            };
+            worker_process::take_request(&self.base_dir);
+            self.run_once()?;
+            drop(lock);
+            if !worker_process::take_request(&self.base_dir) {
+                return Ok(true);
+            }
+            eprintln!("rollingops worker: a start request came while finishing; running again.");
+        }
+    }
+
+    fn run_once(&self) -> anyhow::Result<()> {
         let env = JujuEnv::from_env().map_err(anyhow::Error::msg)?;
         let runtime = Runtime::new(Some(&self.base_dir))?;
         let config = Config {
@@ -78,7 +91,7 @@ impl WorkerCommand {
         session
             .run_worker()
             .context("the rollingops worker stopped")?;
-        Ok(true)
+        Ok(())
     }
 
     fn spawn_detached(&self) -> anyhow::Result<u32> {
