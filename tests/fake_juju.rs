@@ -12,6 +12,11 @@
 //! take the same hook lock and are not retried.
 //!
 //! Each unit's charm is the example Rust charm (`host/examples/restart-charm.rs`).
+//!
+//! A model is one application (`Options::app`) with its peer relation, and optionally other
+//! relations (`Options::relations`, e.g. `etcd`) whose remote side the test plays: it sets
+//! the remote application's bag and secrets and queues the relation's hooks. Two
+//! applications are two models; they share what the test gives both (an etcd, the clock).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
@@ -66,6 +71,13 @@ pub struct Options {
     pub update_status: Option<Duration>,
     /// Back-off before Juju retries a failed hook.
     pub retry_backoff: Duration,
+    /// The application's name (units `<app>/0` …).
+    pub app: String,
+    /// Relations besides the peer one, as `model.json` entries: `{"endpoint", "id",
+    /// "remote_app", "remote_units"}` (the remote side is played by the test).
+    pub relations: Vec<Value>,
+    /// Environment for every unit's hooks, besides `RESTART_CHARM_BASE_DIR`.
+    pub unit_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -76,6 +88,9 @@ impl Options {
             restart_delay: 0.2,
             update_status: None,
             retry_backoff: Duration::from_millis(300),
+            app: "app".into(),
+            relations: vec![],
+            unit_env: vec![],
         }
     }
 }
@@ -215,7 +230,7 @@ impl Shared {
                 format!("{ENDPOINT}:{RELATION_ID}"),
             ),
             ("JUJU_REMOTE_UNIT".into(), remote.into()),
-            ("JUJU_REMOTE_APP".into(), "app".into()),
+            ("JUJU_REMOTE_APP".into(), self.options.app.clone()),
         ]
     }
 
@@ -492,7 +507,8 @@ impl Model {
         for sub in ["logs", "ctx", "locks", "running", "pending", "params"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        let units: Vec<String> = (0..options.units).map(|i| format!("app/{i}")).collect();
+        let app = options.app.clone();
+        let units: Vec<String> = (0..options.units).map(|i| format!("{app}/{i}")).collect();
         let charm = &binaries().restart_charm;
         let mut charm_dirs = serde_json::Map::new();
         let mut unit_env = serde_json::Map::new();
@@ -504,14 +520,18 @@ impl Model {
             std::os::unix::fs::symlink(charm, charm_dir.join("dispatch")).unwrap();
             charm_dirs.insert(unit.clone(), json!(charm_dir));
             let base = dir.join("units").join(&slug).join("rollingops");
-            unit_env.insert(unit.clone(), json!({"RESTART_CHARM_BASE_DIR": base}));
+            let mut env = json!({"RESTART_CHARM_BASE_DIR": base});
+            for (key, value) in &options.unit_env {
+                env[key] = json!(value);
+            }
+            unit_env.insert(unit.clone(), env);
             unit_bags.insert(unit.clone(), json!({}));
         }
         write_json(
             &dir.join("model.json"),
             &json!({
                 "model_uuid": "c0ffee00-0000-4000-8000-00000000e2e0",
-                "app": "app",
+                "app": app,
                 "endpoint": ENDPOINT,
                 "relation_id": RELATION_ID,
                 "leader": units[0],
@@ -522,8 +542,15 @@ impl Model {
                 },
                 "charm_dirs": charm_dirs,
                 "unit_env": unit_env,
+                "relations": options.relations,
             }),
         );
+        for relation in &options.relations {
+            write_json(
+                &dir.join(format!("rel-{}.json", relation["id"])),
+                &json!({"app": {}, "units": {}, "remote_app": {}, "remote_units": {}}),
+            );
+        }
         write_json(
             &dir.join("bags.json"),
             &json!({"app": {}, "units": unit_bags}),
@@ -590,6 +617,75 @@ impl Model {
     /// Queue a hook by dispatch path (`hooks/update-status`).
     pub fn queue(&self, unit: &str, path: &str) {
         self.shared.enqueue(unit, Queued::new(path));
+    }
+
+    /// Queue a hook with extra environment (a relation hook's `JUJU_RELATION` …).
+    pub fn queue_with_env(&self, unit: &str, path: &str, env: &[(&str, &str)]) {
+        let mut hook = Queued::new(path);
+        hook.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.shared.enqueue(unit, hook);
+    }
+
+    /// Queue an agent hook of relation `relation` (an entry of [`Options::relations`])
+    /// on `unit`, e.g. `etcd-relation-changed`.
+    pub fn queue_relation_hook(&self, unit: &str, relation: &Value, kind: &str) {
+        let endpoint = relation["endpoint"].as_str().unwrap_or_default();
+        let id = format!("{endpoint}:{}", relation["id"]);
+        let remote_app = relation["remote_app"].as_str().unwrap_or_default();
+        let remote_unit = relation["remote_units"][0].as_str().unwrap_or_default();
+        self.queue_with_env(
+            unit,
+            &format!("hooks/{endpoint}-relation-{kind}"),
+            &[
+                ("JUJU_RELATION", endpoint),
+                ("JUJU_RELATION_ID", &id),
+                ("JUJU_REMOTE_APP", remote_app),
+                ("JUJU_REMOTE_UNIT", remote_unit),
+            ],
+        );
+    }
+
+    /// The committed bags of a non-peer relation (`app`, `units`, `remote_app`,
+    /// `remote_units`).
+    pub fn relation_bags(&self, id: u64) -> Value {
+        read_json(&self.dir.join(format!("rel-{id}.json")))
+    }
+
+    /// Set the remote application's bag of a non-peer relation, as its leader would.
+    pub fn set_remote_app_bag(&self, id: u64, bag: Value) {
+        let _lock = self.state_lock();
+        let path = self.dir.join(format!("rel-{id}.json"));
+        let mut bags = read_json(&path);
+        bags["remote_app"] = bag;
+        write_json(&path, &bags);
+    }
+
+    /// The model's secrets (`id` → `{label, content, grants}`).
+    pub fn secrets(&self) -> Value {
+        read_json(&self.dir.join("secrets.json"))
+    }
+
+    /// Add a secret owned by a remote application (`secret-get <id>` finds it).
+    pub fn add_secret(&self, id: &str, content: Value) {
+        let _lock = self.state_lock();
+        let path = self.dir.join("secrets.json");
+        let mut secrets = read_json(&path);
+        if !secrets.is_object() {
+            secrets = json!({});
+        }
+        secrets[id] = json!({"label": null, "content": content});
+        write_json(&path, &secrets);
+    }
+
+    /// The unit's charm directory (`dispatch` is the example charm).
+    pub fn charm_dir(&self, unit: &str) -> PathBuf {
+        self.dir
+            .join("units")
+            .join(unit.replace('/', "-"))
+            .join("charm")
     }
 
     /// Queue an action with parameters (`actions/restart`).

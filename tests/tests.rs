@@ -6,10 +6,13 @@
 //!   transcript;
 //! * `e2e` — real processes: the example Rust charm per unit under a fake Juju
 //!   (`fake_juju`, hook tools in `fake-juju/`), rolling restarts, faults, and costs;
+//! * `e2e_etcd` — the same in etcd mode on a real etcd: two applications on one lock, each
+//!   unit with its detached `rollingops worker`, and the fallback when etcd goes away;
 
 mod boundary;
 mod bridge;
 mod e2e;
+mod e2e_etcd;
 mod e2e_features;
 mod e2e_go;
 mod etcd;

@@ -13,6 +13,11 @@
 //! `RESTART_CHARM_BASE_DIR` (default `/var/lib/rollingops`). With `RESTART_CHARM_TIMING=1`
 //! the charm prints what loading the component cost to stderr.
 //!
+//! etcd mode: `RESTART_CHARM_ETCD_CLUSTER=<cluster_id>` names the lock scope and uses the
+//! etcd relation `etcd` (interface `etcd_client`); the charm then needs `etcdctl` in
+//! `<charm-dir>/usr/bin/`, and its worker is `rollingops worker`, started detached from
+//! `RESTART_CHARM_WORKER` (a `rollingops` binary; default `<charm-dir>/usr/bin/rollingops`).
+//!
 //! ```sh
 //! cargo build -p rollingops --example restart-charm
 //! ln -s "$PWD/target/debug/examples/restart-charm" <charm-dir>/dispatch
@@ -51,7 +56,7 @@ fn run(started: Instant) -> Result<(), Box<dyn std::error::Error>> {
     let callback_base = PathBuf::from(&base_dir);
     let (check_unit, check_base) = (unit.clone(), callback_base.clone());
     let done_base = callback_base.clone();
-    let mut manager = RollingOpsManager::builder("restart")
+    let builder = RollingOpsManager::builder("restart")
         .base_dir(&base_dir)
         .callback("restart", move |kwargs| {
             restart(&unit, &callback_base, kwargs)
@@ -64,8 +69,16 @@ fn run(started: Instant) -> Result<(), Box<dyn std::error::Error>> {
             let generation = kwargs.get("generation").cloned().unwrap_or_default();
             append(&log, &format!("{} roll-complete {generation}", micros()))?;
             Ok(OperationResult::Release)
-        })
-        .build()?;
+        });
+    let builder = match std::env::var("RESTART_CHARM_ETCD_CLUSTER") {
+        Ok(cluster) if !cluster.is_empty() => builder.etcd("etcd", cluster),
+        _ => builder,
+    };
+    let builder = match std::env::var("RESTART_CHARM_WORKER") {
+        Ok(program) if !program.is_empty() => builder.worker_program(program),
+        _ => builder,
+    };
+    let mut manager = builder.build()?;
     let built = started.elapsed();
     let hook = HookEnv::from_env();
     match hook.action() {

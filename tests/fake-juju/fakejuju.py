@@ -10,6 +10,9 @@ work on a state directory named by ``FAKE_JUJU_DIR``, shared by every unit of on
 * ``model.json``   leader, units, the peer endpoint and relation id, config, per-unit
   environment and charm directories; written by the test driver.
 * ``bags.json``    the committed databags of the peer relation (``app`` and ``units``).
+* ``rel-<id>.json`` the committed databags of another relation named in ``model.json``'s
+  ``relations`` (e.g. ``etcd``, to a remote application the test driver plays): ``app`` and
+  ``units`` (this application's side), ``remote_app`` and ``remote_units``.
 * ``secrets.json`` application secrets.
 * ``faults.json``  injected failures, each consumed once (``relation-set`` only).
 * ``state.lock``   flock taken by every writer of the files above (writes are atomic
@@ -109,12 +112,17 @@ class Context:
     def leader(self):
         return self.model.get('leader') == self.unit
 
-    def writes(self):
+    def writes(self, other=None):
+        """This hook's buffered writes: the peer relation's, or ``other``'s (a relation
+        entry) under ``rel:<id>``."""
         try:
             with open(path('ctx', self.id, 'writes.json')) as f:
-                return json.load(f)
+                writes = json.load(f)
         except FileNotFoundError:
-            return {'app': {}, 'unit': {}}
+            writes = {'app': {}, 'unit': {}}
+        if other is None:
+            return writes
+        return writes.get(f'rel:{other["id"]}', {'app': {}, 'unit': {}})
 
     def save_writes(self, writes):
         temp = path('ctx', self.id, 'writes.json.tmp')
@@ -123,14 +131,19 @@ class Context:
         os.replace(temp, path('ctx', self.id, 'writes.json'))
 
     def relation(self, text):
-        """Check a ``-r`` value (``restart:3`` or ``3``) names the peer relation."""
+        """Check a ``-r`` value (``restart:3`` or ``3``) names a relation of this unit:
+        ``None`` for the peer relation, else the other relation's entry in ``model.json``."""
         endpoint, _, number = text.rpartition(':')
-        ok = number == str(self.model.get('relation_id')) and endpoint in (
-            '',
-            self.model.get('endpoint'),
-        )
-        if not ok or self.unit not in self.model.get('units', []):
-            fail(f'invalid value "{text}" for option -r: relation not found', 2)
+        if self.unit in self.model.get('units', []):
+            if number == str(self.model.get('relation_id')) and endpoint in (
+                '',
+                self.model.get('endpoint'),
+            ):
+                return None
+            for other in self.model.get('relations', []):
+                if number == str(other['id']) and endpoint in ('', other['endpoint']):
+                    return other
+        fail(f'invalid value "{text}" for option -r: relation not found', 2)
 
     def log_call(self, tool):
         with open(path('calls.log'), 'a') as f:
@@ -174,8 +187,11 @@ def relation_ids(args):
     _, _, positional = parse(args, flags=('--format=json',))
     endpoint = positional[0] if positional else ''
     model = ctx.model
+    others = [r for r in model.get('relations', []) if r['endpoint'] == endpoint]
     if endpoint == model.get('endpoint') and ctx.unit in model.get('units', []):
         out([f'{endpoint}:{model["relation_id"]}'])
+    elif others and ctx.unit in model.get('units', []):
+        out([f'{endpoint}:{r["id"]}' for r in others])
     else:
         out([])
 
@@ -184,8 +200,10 @@ def relation_list(args):
     ctx = Context()
     ctx.log_call('relation-list')
     flags, opts, _ = parse(args, flags=('--format=json', '--app'), options=('-r',))
-    ctx.relation(opts.get('-r', ''))
-    if '--app' in flags:
+    other = ctx.relation(opts.get('-r', ''))
+    if other is not None:
+        out(other['remote_app'] if '--app' in flags else other.get('remote_units', []))
+    elif '--app' in flags:
         out(ctx.app)  # a peer relation's remote application is this one
     else:
         out([u for u in ctx.model['units'] if u != ctx.unit])
@@ -195,9 +213,14 @@ def relation_get(args):
     ctx = Context()
     ctx.log_call('relation-get')
     flags, opts, positional = parse(args, flags=('--format=json', '--app'), options=('-r',))
-    ctx.relation(opts.get('-r', ''))
+    other = ctx.relation(opts.get('-r', ''))
     key = positional[0] if positional else '-'
     member = positional[1] if len(positional) > 1 else ''
+    if other is not None:
+        bag = other_relation_bag(ctx, other, member, '--app' in flags)
+        bag = {k: v for k, v in bag.items() if v != ''}
+        out(bag if key == '-' else bag.get(key))
+        return
     bags = load('bags.json', {'app': {}, 'units': {}})
     writes = ctx.writes()
     if '--app' in flags:
@@ -216,6 +239,28 @@ def relation_get(args):
             bag.update(writes['unit'])
     bag = {k: v for k, v in bag.items() if v != ''}
     out(bag if key == '-' else bag.get(key))
+
+
+def other_relation_bag(ctx, other, member, app):
+    """A bag of a non-peer relation as this hook sees it (its own writes included)."""
+    bags = load(f'rel-{other["id"]}.json', {})
+    writes = ctx.writes(other)
+    if app and member.split('/')[0] == ctx.app:
+        bag = dict(bags.get('app', {}))
+        bag.update(writes['app'])
+    elif app and member.split('/')[0] == other['remote_app']:
+        bag = dict(bags.get('remote_app', {}))
+    elif app:
+        fail(f'cannot read application settings of "{member}"')
+    elif member == ctx.unit:
+        bag = dict(bags.get('units', {}).get(member, {}))
+        bag.update(writes['unit'])
+    elif member in other.get('remote_units', []):
+        bag = dict(bags.get('remote_units', {}).get(member, {}))
+    else:
+        fail(f'cannot read settings for unit "{member}" in relation "{other["endpoint"]}:'
+             f'{other["id"]}": unit "{member}": settings not found')
+    return bag
 
 
 def take_fault(ctx, tool, app):
@@ -242,7 +287,7 @@ def relation_set(args):
     ctx = Context()
     ctx.log_call('relation-set')
     flags, opts, positional = parse(args, flags=('--app',), options=('-r', '--file'))
-    ctx.relation(opts.get('-r', ''))
+    other = ctx.relation(opts.get('-r', ''))
     app = '--app' in flags
     fault = take_fault(ctx, 'relation-set', app)
     if fault:
@@ -263,7 +308,12 @@ def relation_set(args):
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         fail('settings must be a map of strings')
     writes = ctx.writes()
-    writes['app' if app else 'unit'].update(data)
+    if other is None:
+        writes['app' if app else 'unit'].update(data)
+    else:
+        writes.setdefault(f'rel:{other["id"]}', {'app': {}, 'unit': {}})[
+            'app' if app else 'unit'
+        ].update(data)
     ctx.save_writes(writes)
 
 
@@ -385,6 +435,8 @@ def render_fast(model, bags):
     units = model.get('units', [])
     write_file(os.path.join(fast, 'leader'), model.get('leader', ''))
     write_file(os.path.join(fast, 'relation'), f'{model.get("endpoint", "")} {model.get("relation_id", "")}')
+    for other in model.get('relations', []):
+        write_file(os.path.join(fast, f'rel-{other["endpoint"]}'), f'{other["endpoint"]}:{other["id"]}')
     write_file(os.path.join(fast, 'bags', 'app.json'), json.dumps(bags.get('app', {})))
     members = {slug(u) for u in units}
     for unit in units:
@@ -407,7 +459,9 @@ def commit(unit, writes):
         model = load('model.json', {})
         if unit not in model.get('units', []):
             return False, False, 'the unit was removed', None
-        if writes['app'] and model.get('leader') != unit:
+        others = {f'rel:{r["id"]}': r for r in model.get('relations', [])}
+        other_app_writes = any(w.get('app') for k, w in writes.items() if k in others)
+        if (writes['app'] or other_app_writes) and model.get('leader') != unit:
             refusal = 'cannot commit application settings: this unit is not the leader'
             return False, False, refusal, None
         bags = load('bags.json', {'app': {}, 'units': {}})
@@ -424,8 +478,26 @@ def commit(unit, writes):
         if changed:
             save('bags.json', bags)
             render_fast(model, bags)
+        for name, other in others.items():
+            if name in writes:
+                commit_other(unit, other, writes[name])
         after = bags['app'].get('granted_unit', '')
         return True, changed, None, (after if after != before else None)
+
+
+def commit_other(unit, other, writes):
+    """Apply a finished hook's writes to a non-peer relation (caller holds state.lock).
+    Only the remote side would see them change, so nothing is fanned out here."""
+    name = f'rel-{other["id"]}.json'
+    bags = load(name, {})
+    for bag, data in ((bags.setdefault('app', {}), writes.get('app', {})),
+                      (bags.setdefault('units', {}).setdefault(unit, {}), writes.get('unit', {}))):
+        for key, value in data.items():
+            if value == '':
+                bag.pop(key, None)
+            else:
+                bag[key] = value
+    save(name, bags)
 
 
 def run_hook(unit, dispatch_path, command, extra_env, params, cause, source, label):
