@@ -259,8 +259,10 @@ fn load_etcd(
 /// etcdctl attempts a hook makes before giving up on a transient failure (a hook must not
 /// stall for minutes as the reference's 12 × 5 s can).
 const HOOK_ATTEMPTS: u32 = 3;
-/// Per-invocation timeout.
-const ETCDCTL_TIMEOUT_MS: u32 = 15_000;
+/// Per-invocation timeout: just above etcdctl's own 5 s command timeout, because with the
+/// server gone `etcdctl txn` (3.4) ignores that timeout and would hang until killed — a
+/// hook must not hold the unit's hook lock for long, and the worker's retries add up.
+const ETCDCTL_TIMEOUT_MS: u32 = 6_000;
 
 /// Run one etcdctl call, retrying transient failures up to `attempts` times.
 fn run_with_retries(

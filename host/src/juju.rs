@@ -658,6 +658,12 @@ impl Host for JujuHost {
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {
+        // Outside a hook context (the detached worker) juju-log cannot work: go straight to
+        // stderr, which is the worker's log file.
+        if std::env::var_os("JUJU_CONTEXT_ID").is_none() {
+            eprintln!("rollingops {}: {message}", level_name(level));
+            return;
+        }
         if let Err(e) = juju_log(level_name(level), message) {
             // Outside a hook (the worker, a person's shell) juju-log cannot work; stderr
             // still reaches a log file or the terminal.
