@@ -59,6 +59,10 @@ pub struct Timing {
     pub hook_timeout_ms: u64,
     /// Retryable etcdctl failures tolerated in a row before giving up.
     pub retry_budget: u32,
+    /// …and for at most this long (milliseconds): a call to a dead server can take the
+    /// host's whole per-call timeout, so a count alone could mean minutes before falling
+    /// back.
+    pub retry_window_ms: u64,
     /// Longest single watch (milliseconds); below `keep_alive_ms` so renewals stay on time.
     pub watch_timeout_ms: u32,
     /// After releasing, wait this long before competing again, so that units already
@@ -85,6 +89,7 @@ impl Default for Timing {
             max_backoff_ms: 250,
             hook_timeout_ms: 600_000,
             retry_budget: 12,
+            retry_window_ms: 20_000,
             watch_timeout_ms: 10_000,
             yield_after_release_ms: 50,
             rewatch_delay_ms: 20,
@@ -228,6 +233,8 @@ pub struct Worker {
     holding: bool,
     backoff_ms: u64,
     retries: u32,
+    /// When the current run of retryable failures began (poll time, milliseconds).
+    failing_since: Option<u64>,
     last_keep_alive_ms: u64,
     hook_dispatched_at_ms: u64,
     now_ms: u64,
@@ -267,6 +274,7 @@ impl Worker {
             holding: false,
             backoff_ms,
             retries: 0,
+            failing_since: None,
             last_keep_alive_ms: now_ms,
             hook_dispatched_at_ms: 0,
             now_ms,
@@ -457,6 +465,7 @@ impl Worker {
             return;
         }
         self.retries = 0;
+        self.failing_since = None;
         let state = std::mem::replace(&mut self.state, State::Finished);
         self.state = match self.advance(state, &output.stdout) {
             Ok(next) => next,
@@ -488,7 +497,13 @@ impl Worker {
     fn on_failure(&mut self, failure: Failure) {
         match failure {
             // Retry the same step after a pause.
-            Failure::Retryable(_) if self.retries < self.timing.retry_budget => {
+            Failure::Retryable(_)
+                if self.retries < self.timing.retry_budget
+                    && self
+                        .now_ms
+                        .saturating_sub(*self.failing_since.get_or_insert(self.now_ms))
+                        < self.timing.retry_window_ms =>
+            {
                 self.retries += 1;
                 self.pending_sleep = Some(self.timing.max_backoff_ms);
             }
@@ -1060,6 +1075,38 @@ mod tests {
             .filter(|s| matches!(s, Step::Etcdctl(_)))
             .count();
         assert_eq!(attempts as u32, Timing::default().retry_budget + 1);
+    }
+
+    #[test]
+    fn slow_failures_give_up_by_time_not_only_by_count() {
+        // A dead server: every call hangs until the host kills it (6 s here).
+        let mut etcd = FakeEtcd::default();
+        let mut u = unit(&mut etcd, "app/0", 1, vec![]);
+        etcd.unavailable = true;
+        let worker = u.worker.as_mut().unwrap();
+        let (start, mut attempts, mut failed_at) = (etcd.now_ms, 0, None);
+        for _ in 0..100 {
+            match worker.poll(etcd.now_ms) {
+                Step::Etcdctl(call) | Step::Watch(call, _) => {
+                    attempts += 1;
+                    etcd.advance(6_000);
+                    worker.handle(etcd.run(&call));
+                }
+                Step::Sleep(ms) => etcd.advance(ms),
+                Step::Dispatch(hook) => {
+                    assert_eq!(hook, ETCD_FAILED_HOOK);
+                    failed_at.get_or_insert(etcd.now_ms);
+                }
+                Step::Exit(_) => break,
+            }
+        }
+        let took = failed_at.expect("gave up") - start;
+        assert!(
+            attempts < Timing::default().retry_budget + 1,
+            "{attempts} attempts"
+        );
+        // The 20 s window, plus the call in flight when it ran out (12 × 6 s by count).
+        assert!(took <= 35_000, "gave up after {took} ms");
     }
 
     #[test]
