@@ -10,7 +10,10 @@ const AFTER_HELP: &str = "Examples:
   rollingops simulate                      5 units, one 2 s restart each
   rollingops simulate --units 10 --delay 5
   rollingops simulate --chaos --seed 7     leader change, a departure and killed hooks
-  rollingops simulate --random --seed 42   a random property-test scenario, verbose";
+  rollingops simulate --random --seed 42   a random property-test scenario, verbose
+  rollingops simulate --roll --healthy-after 5
+                                           the leader starts an application-wide roll; each
+                                           unit holds the lock until its health check passes";
 
 /// Simulate a rolling restart.
 #[derive(Debug, Parser)]
@@ -34,6 +37,13 @@ pub struct SimulateCommand {
     /// Show every hook and the library's warnings.
     #[arg(long)]
     pub verbose: bool,
+    /// Instead of one request per unit, the leader starts an application-wide roll.
+    #[arg(long)]
+    pub roll: bool,
+    /// With --roll: a health check passes this many seconds after each unit's restart, and
+    /// the lock moves on only then.
+    #[arg(long, requires = "roll")]
+    pub healthy_after: Option<f64>,
 }
 
 impl SimulateCommand {
@@ -44,6 +54,17 @@ impl SimulateCommand {
             Scenario::random(self.seed)
         } else {
             let mut scenario = Scenario::rolling_restart(self.units.max(1), self.delay, self.seed);
+            if self.roll {
+                scenario.requests.clear();
+                scenario.operator = vec![sim::OperatorStep {
+                    at: 0.5,
+                    unit: None,
+                    action: sim::OperatorAction::StartRoll {
+                        delay: self.delay,
+                        health: self.healthy_after.map(|s| (s, 600)),
+                    },
+                }];
+            }
             if self.chaos {
                 scenario.chaos = Chaos {
                     leader_changes: 1,
@@ -55,12 +76,14 @@ impl SimulateCommand {
             }
             scenario
         };
+        let what = if self.roll {
+            "an application-wide roll".to_string()
+        } else {
+            format!("{} operation(s)", scenario.requests.len())
+        };
         println!(
-            "Rolling restart: {} units of `{}`, {} operation(s), seed {} — the real rollingops component in each hook.\n",
-            scenario.units,
-            scenario.app,
-            scenario.requests.len(),
-            scenario.seed
+            "Rolling restart: {} units of `{}`, {what}, seed {} — the real rollingops component in each hook.\n",
+            scenario.units, scenario.app, scenario.seed
         );
         let outcome = sim::simulate(&runtime, scenario);
         print!(

@@ -32,9 +32,10 @@ pub struct Summary {
 
 /// Compute the summary.
 pub fn summarize(outcome: &Outcome) -> Summary {
+    // Operations only: a health check runs inside its unit's turn, not as a hand-off.
     let runs: Vec<_> = intervals(outcome)
         .into_iter()
-        .filter(|r| r.committed)
+        .filter(|r| r.committed && r.op.is_some())
         .collect();
     let completed = runs.iter().filter(|r| r.outcome == "release").count();
     let mut hops = Vec::new();
@@ -69,7 +70,8 @@ pub fn summarize(outcome: &Outcome) -> Summary {
     };
     Summary {
         units: outcome.scenario.units,
-        requested: outcome.scenario.requests.len(),
+        requested: outcome.scenario.requests.len()
+            + rolls_started(outcome) * outcome.scenario.units,
         completed,
         hooks: outcome.hooks.len(),
         hooks_per_op: if completed == 0 {
@@ -83,6 +85,20 @@ pub fn summarize(outcome: &Outcome) -> Summary {
         max_concurrent: max_concurrent(&intervals(outcome)),
         makespan: outcome.finished_at,
     }
+}
+
+/// Application-wide rolls the operator started (each asks every unit for one operation).
+fn rolls_started(outcome: &Outcome) -> usize {
+    outcome
+        .hooks
+        .iter()
+        .filter(|h| {
+            matches!(h.kind, super::HookKind::Operator(i)
+                if matches!(outcome.scenario.operator[i].action, super::OperatorAction::StartRoll { .. }))
+                && h.fate == super::Fate::Committed
+                && h.app_writes.iter().any(|(k, _)| k == "rollingops-roll")
+        })
+        .count()
 }
 
 /// The timeline: one line per hook that did something.
