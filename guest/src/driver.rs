@@ -486,12 +486,12 @@ pub fn request_async_lock(
     kwargs_json: &str,
     max_retry: Option<i64>,
 ) -> Result<(), Error> {
-    let result = manager.request_async_lock(callback_id, kwargs_json, max_retry);
-    drive(manager, fx)?;
-    result
+    call(manager, fx, |m| {
+        m.request_async_lock(callback_id, kwargs_json, max_retry)
+    })
 }
 
-/// Any other manager call end to end: run it, then carry out what it asked for.
+/// A manager call end to end: run it, then carry out what it asked for.
 pub fn call<T>(
     manager: &mut Manager,
     fx: &mut impl Effects,
@@ -508,16 +508,12 @@ pub fn handle_event(
     fx: &mut impl Effects,
     event: Event,
 ) -> Result<(), Error> {
-    let result = manager.handle_event(event);
-    drive(manager, fx)?;
-    result
+    call(manager, fx, |m| m.handle_event(event))
 }
 
 /// `state`.
 pub fn state(manager: &mut Manager, fx: &mut impl Effects) -> Result<State, Error> {
-    let result = manager.state();
-    drive(manager, fx)?;
-    result
+    call(manager, fx, Manager::state)
 }
 
 /// `is_waiting*`, reading the asked unit's bag if this hook has not.

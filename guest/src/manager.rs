@@ -485,30 +485,28 @@ impl Manager {
             other => other.map(|n| n as u64),
         };
         let op_options = self.check_request_options(&options)?;
-        let local = self.local_record();
-        if let Err(e) = &local.queue {
-            return Err(Error::InvalidLockRequest(format!(
-                "{FAILED}: this unit's stored queue cannot be decoded ({}); it was left untouched",
-                e.0
-            )));
-        }
-        self.enqueue(callback_id, kwargs, max_retry, op_options);
+        self.enqueue(callback_id, kwargs, max_retry, op_options)
+            .map_err(|e| {
+                Error::InvalidLockRequest(format!(
+                    "{FAILED}: this unit's stored queue cannot be decoded ({}); it was left untouched",
+                    e.0
+                ))
+            })?;
         self.advance(false);
         Ok(())
     }
 
-    /// Put one operation in this unit's queue (peer or etcd); the queue must be readable.
+    /// Put one operation in this unit's queue (peer or etcd). An undecodable stored queue is
+    /// left untouched and reported.
     fn enqueue(
         &mut self,
         callback_id: &str,
         kwargs: Map<String, Value>,
         max_retry: Option<u64>,
         op_options: crate::features::OpOptions,
-    ) {
+    ) -> Result<(), crate::op::DecodeError> {
         let local = self.local_record();
-        let Ok(mut queue) = local.queue.clone() else {
-            return;
-        };
+        let mut queue = local.queue.clone()?;
         let head_started = queue.head().is_some_and(|head| head.attempt > 0);
         let etcd_selected = self.etcd_selected(&local);
         let op = Operation::new(callback_id, kwargs, max_retry, self.now);
@@ -572,6 +570,7 @@ impl Manager {
             }
         }
         self.set_local(pairs);
+        Ok(())
     }
 
     /// React to a hook.
@@ -856,29 +855,27 @@ impl Manager {
 
     /// The leader's pass: end finished grants, then grant waiting units up to capacity.
     fn schedule(&mut self) {
-        let (lock, policy, paused) = {
+        // Only the app bag changes while scheduling: this unit's record is read once.
+        let local = self.local_record();
+        let (lock, policy, stored_backoff) = {
             let peer = self.peer.as_ref().expect("scheduling needs the relation");
             (
                 LockState::decode(&peer.app),
                 crate::features::decode_policy(&peer.app),
-                crate::features::decode_pause(&peer.app),
+                crate::features::decode_reclaimed(&peer.app),
             )
         };
         let engaged = self.engaged_features();
-        let local = self.local_record();
         let mut seq = lock.last_seq;
         let mut holders = Vec::new();
         let mut changed = false;
         // Units whose grant was reclaimed wait out a back-off, so the lock really moves on
         // and a dead unit is not granted again and again.
-        let stored_backoff =
-            crate::features::decode_reclaimed(&self.peer.as_ref().expect("relation").app);
         let mut backoff = stored_backoff.clone();
         {
             // An entry lasts while its unit is on the relation and still waits (so the next
             // reclaim doubles the back-off); a unit that got its turn starts afresh.
             let peer = self.peer.as_ref().expect("scheduling needs the relation");
-            let local = self.local_record();
             backoff.retain(|u, _| {
                 let record = if *u == self.unit {
                     Some(&local)
@@ -948,19 +945,18 @@ impl Manager {
         } else {
             1
         };
-        // A release above may have paused the application (a failed health gate).
-        let paused = (paused.is_some()
-            || self
-                .peer
-                .as_ref()
-                .is_some_and(|p| crate::features::decode_pause(&p.app).is_some()))
+        // Read after the releases above: one of them may have paused the application (a
+        // failed health gate). Grants also wait while units join a new roll.
+        let hold_grants = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| crate::features::decode_pause(&p.app).is_some())
             && engaged.contains(&Feature::Pause)
             || self.roll_joining();
         let ranked =
             engaged.contains(&Feature::Rank) && policy.ordering == crate::features::Ordering::Rank;
         let mut granted = Vec::new();
         {
-            let local = self.local_record();
             let peer = self.peer.as_ref().expect("scheduling needs the relation");
             let units = peer.units_with(&local);
             let skipped: Vec<String> = units
@@ -981,7 +977,7 @@ impl Manager {
                 });
             }
             let rank = |u: &UnitRecord| if ranked { u.rank } else { 0 };
-            while !paused && holders.len() + granted.len() < capacity {
+            while !hold_grants && holders.len() + granted.len() < capacity {
                 let candidates = units.iter().copied().filter(|u| {
                     !holders.iter().any(|g: &Grant| g.unit == u.name)
                         && !granted.contains(&u.name)

@@ -49,17 +49,22 @@ impl Manager {
                     roll.generation, roll.callback_id
                 ),
             );
-            self.enqueue(
-                &roll.callback_id,
-                roll.kwargs.clone(),
-                None,
-                OpOptions {
-                    health_check: roll.health_check.clone(),
-                    health_timeout: roll.health_timeout,
-                    generation_kwarg: None,
-                    roll: Some(roll.generation),
-                },
-            );
+            if self
+                .enqueue(
+                    &roll.callback_id,
+                    roll.kwargs.clone(),
+                    None,
+                    OpOptions {
+                        health_check: roll.health_check.clone(),
+                        health_timeout: roll.health_timeout,
+                        generation_kwarg: None,
+                        roll: Some(roll.generation),
+                    },
+                )
+                .is_err()
+            {
+                return; // not reached: the queue decoded above
+            }
         }
         self.write_roll_state(state);
     }

@@ -85,20 +85,21 @@ pub fn check(outcome: &Outcome) -> Vec<String> {
                 "mutual exclusion: {most} callbacks overlapped with max_concurrent {limit}"
             ));
         }
-    }
-    let mut latest: Option<&Interval> = None;
-    for run in runs.iter().filter(|_| limit == 1) {
-        if let Some(prev) = latest
-            && run.start < prev.end - 1e-9
-            && run.unit != prev.unit
-        {
-            problems.push(format!(
-                "mutual exclusion: {} ran op {:?} from {:.3}s while {} ran op {:?} until {:.3}s",
-                run.unit, run.op, run.start, prev.unit, prev.op, prev.end
-            ));
-        }
-        if latest.is_none_or(|prev| run.end > prev.end) {
-            latest = Some(run);
+    } else {
+        let mut latest: Option<&Interval> = None;
+        for run in &runs {
+            if let Some(prev) = latest
+                && run.start < prev.end - 1e-9
+                && run.unit != prev.unit
+            {
+                problems.push(format!(
+                    "mutual exclusion: {} ran op {:?} from {:.3}s while {} ran op {:?} until {:.3}s",
+                    run.unit, run.op, run.start, prev.unit, prev.op, prev.end
+                ));
+            }
+            if latest.is_none_or(|prev| run.end > prev.end) {
+                latest = Some(run);
+            }
         }
     }
 

@@ -709,11 +709,11 @@ impl<'r> Simulation<'r> {
                 // An action's refusal is reported to the operator; a failure of Juju itself
                 // (a hook tool) is retried, as an operator would re-run the action.
                 match run_operator(&mut session, &step.action) {
-                    Err(crate::runtime::Error::Library(
-                        crate::bindings::juju::rollingops::types::Error::Host(why),
-                    )) => Err(crate::runtime::Error::Library(
-                        crate::bindings::juju::rollingops::types::Error::Host(why),
-                    )),
+                    Err(
+                        e @ crate::runtime::Error::Library(
+                            crate::bindings::juju::rollingops::types::Error::Host(_),
+                        ),
+                    ) => Err(e),
                     Err(e) => {
                         session
                             .host()
