@@ -35,6 +35,8 @@ impl Guest for Component {
 struct ManagerResource {
     config: Config,
     loaded: RefCell<Option<Manager>>,
+    /// The sync lock this manager holds, between `acquire-sync-lock` and its release.
+    sync_held: RefCell<Option<driver::SyncHeld>>,
 }
 
 impl ManagerResource {
@@ -65,6 +67,7 @@ impl GuestManager for ManagerResource {
         Ok(ManagerHandle::new(ManagerResource {
             config,
             loaded: RefCell::new(None),
+            sync_held: RefCell::new(None),
         }))
     }
 
@@ -176,11 +179,20 @@ impl GuestManager for ManagerResource {
         backend_id: String,
         timeout_seconds: Option<u32>,
     ) -> Result<(), wit::Error> {
-        self.with(|m, fx| driver::acquire_sync_lock(m, fx, &backend_id, timeout_seconds))
+        if self.sync_held.borrow().is_some() {
+            return Err(wit::Error::SyncLock(
+                "this manager already holds the sync lock; release it first".into(),
+            ));
+        }
+        let held =
+            self.with(|m, fx| driver::acquire_sync_lock(m, fx, &backend_id, timeout_seconds))?;
+        *self.sync_held.borrow_mut() = Some(held);
+        Ok(())
     }
 
     fn release_sync_lock(&self, backend_id: String) -> Result<(), wit::Error> {
-        self.with(|m, fx| driver::release_sync_lock(m, fx, &backend_id))
+        let held = self.sync_held.borrow_mut().take();
+        self.with(|m, fx| driver::release_sync_lock(m, fx, &backend_id, held))
     }
 
     fn run_worker(&self) -> Result<(), wit::Error> {
@@ -306,6 +318,29 @@ impl Effects for Imports {
             stderr: out.stderr,
             timed_out: out.timed_out,
         })
+    }
+
+    fn start_etcdctl(&mut self, args: &[String], env: &[(String, String)]) -> Result<u32, Error> {
+        process::start_etcdctl(args, env).map_err(from_wit)
+    }
+
+    fn finish_etcdctl(
+        &mut self,
+        handle: u32,
+        stdin: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let out = process::finish_etcdctl(handle, stdin, timeout_ms).map_err(from_wit)?;
+        Ok(Output {
+            code: out.code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            timed_out: out.timed_out,
+        })
+    }
+
+    fn stop_etcdctl(&mut self, handle: u32) {
+        process::stop_etcdctl(handle)
     }
 
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {

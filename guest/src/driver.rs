@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::etcd::config::{ETCDCTL_JSON, SERVER_CA, environment};
 use crate::etcd::etcdctl::{self, Failure};
 use crate::etcd::keys;
-use crate::etcd::turn;
+use crate::etcd::turn::{self, WorkerClaim};
 use crate::etcd::worker::{self, Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use crate::manager::{
     CallbackOutcome, ClientIdentity, Command, Config, EtcdContext, Event, HookContext, LogLevel,
@@ -16,6 +16,12 @@ use crate::timestamp::Timestamp;
 use crate::wire::Bag;
 
 mod etcd_relation;
+mod prepared;
+mod sync_lock;
+
+pub use prepared::Prepared;
+pub use sync_lock::EtcdHold;
+use sync_lock::{Refusal, SyncEtcd};
 
 /// Whose bag to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +99,31 @@ pub trait Effects {
     ) -> Result<Output, Error> {
         let _ = (args, env, timeout_ms);
         Err(Error::Etcdctl("this host cannot watch with etcdctl".into()))
+    }
+    /// Start `etcdctl` and leave it waiting for its stdin; a handle for
+    /// [`Effects::finish_etcdctl`] / [`Effects::stop_etcdctl`]. Hosts that cannot say so,
+    /// and callers then run the invocation whole.
+    fn start_etcdctl(&mut self, args: &[String], env: &[(String, String)]) -> Result<u32, Error> {
+        let _ = (args, env);
+        Err(Error::Etcdctl(
+            "this host cannot start etcdctl ahead".into(),
+        ))
+    }
+    /// Give a started etcdctl its stdin and wait for its output (the handle is spent).
+    fn finish_etcdctl(
+        &mut self,
+        handle: u32,
+        stdin: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let _ = (handle, stdin, timeout_ms);
+        Err(Error::Etcdctl(
+            "this host cannot start etcdctl ahead".into(),
+        ))
+    }
+    /// Kill a started etcdctl.
+    fn stop_etcdctl(&mut self, handle: u32) {
+        let _ = handle;
     }
     /// Read a file under base_dir; `None` if it does not exist.
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -190,7 +221,7 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
                 .is_some_and(|b| b == "etcd");
             let relation = etcd_relation::load(fx, endpoint, &unit, leader)?;
             let exists = relation.relation_id.is_some();
-            let etcd = load_etcd(fx, exists, cluster, &unit, etcd_managed)?;
+            let etcd = load_etcd(fx, exists, cluster, &unit, etcd_managed, now)?;
             (Some(etcd), Some(relation))
         }
         _ => (None, None),
@@ -216,6 +247,7 @@ fn load_etcd(
     cluster_id: &str,
     unit: &str,
     read_facts: bool,
+    now: Timestamp,
 ) -> Result<EtcdContext, Error> {
     let environment = match (fx.read_file(ETCDCTL_JSON), fx.read_file(SERVER_CA)) {
         (Ok(Some(config)), Ok(Some(_))) => environment(&String::from_utf8_lossy(&config)),
@@ -238,16 +270,26 @@ fn load_etcd(
     if read_facts && context.unusable().is_none() {
         let env = context.environment.clone().unwrap_or_default();
         let (owner, keys) = context.identity(unit);
-        let _ = owner;
+        let claim = fx
+            .read_file(worker::CLAIM_FILE)
+            .ok()
+            .flatten()
+            .map(|text| String::from_utf8_lossy(&text).into_owned());
+        if let Some(trusted) = claim
+            .as_deref()
+            .and_then(WorkerClaim::decode)
+            .filter(|c| c.owner == owner && c.held_until_micros > now.micros())
+            // Single use: a claim this hook could not remove is not trusted.
+            .filter(|_| fx.remove_file(worker::CLAIM_FILE).is_ok())
+        {
+            context.facts = Some(Ok(trusted.facts()));
+            return Ok(context);
+        }
         let facts = run_with_retries(fx, &turn::read(&keys), &env, HOOK_ATTEMPTS)
             .and_then(|out| turn::parse(&out));
         let facts = facts.map(|mut facts| {
             if facts.inprogress.is_some() {
-                facts.worker_claim = fx
-                    .read_file(worker::CLAIM_FILE)
-                    .ok()
-                    .flatten()
-                    .map(|id| String::from_utf8_lossy(&id).trim().to_string());
+                facts.worker_claim = claim.as_deref().map(WorkerClaim::op_id_in);
             }
             facts
         });
@@ -272,11 +314,19 @@ fn run_with_retries(
     attempts: u32,
 ) -> Result<String, String> {
     let (args, stdin) = call.argv();
-    run_args_with_retries(fx, &args, stdin.as_deref(), env, attempts)
+    run_args_with_retries(
+        fx,
+        &mut Prepared::default(),
+        &args,
+        stdin.as_deref(),
+        env,
+        attempts,
+    )
 }
 
 fn run_args_with_retries(
     fx: &mut impl Effects,
+    prepared: &mut Prepared,
     args: &[String],
     stdin: Option<&str>,
     env: &[(String, String)],
@@ -287,8 +337,8 @@ fn run_args_with_retries(
         if attempt > 0 {
             fx.sleep_ms(500);
         }
-        let output = fx
-            .run_etcdctl(args, env, stdin, ETCDCTL_TIMEOUT_MS)
+        let output = prepared
+            .run(fx, args, env, stdin, ETCDCTL_TIMEOUT_MS)
             .map_err(|e| e.to_string())?;
         match etcdctl::classify(output.code, &output.stderr, output.timed_out) {
             None => return Ok(output.stdout),
@@ -302,6 +352,17 @@ fn run_args_with_retries(
 /// Carry out every pending command. A failed databag write fails the hook (Juju then
 /// discards all of its writes and retries it); a failed wake-up is logged, never fatal.
 pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> {
+    let mut prepared = Prepared::default();
+    let result = drive_with(manager, fx, &mut prepared);
+    prepared.stop_all(fx);
+    result
+}
+
+fn drive_with(
+    manager: &mut Manager,
+    fx: &mut impl Effects,
+    prepared: &mut Prepared,
+) -> Result<(), Error> {
     while let Some(command) = manager.poll_command() {
         match command {
             Command::SetBag {
@@ -353,10 +414,17 @@ pub fn drive(manager: &mut Manager, fx: &mut impl Effects) -> Result<(), Error> 
                 env,
                 purpose,
             } => {
-                let result =
-                    run_args_with_retries(fx, &args, stdin.as_deref(), &env, HOOK_ATTEMPTS);
+                let result = run_args_with_retries(
+                    fx,
+                    prepared,
+                    &args,
+                    stdin.as_deref(),
+                    &env,
+                    HOOK_ATTEMPTS,
+                );
                 manager.handle_etcdctl_result(purpose, result);
             }
+            Command::PrepareEtcdctl { args, env } => prepared.prepare(fx, &args, &env),
             Command::StartWorker => {
                 let _ = fx.remove_file(worker::STOP_FILE);
                 if let Err(e) = fx.start_worker() {
@@ -408,12 +476,51 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
         LogLevel::Info,
         &format!("etcd worker started for {owner} on cluster {cluster_id}."),
     );
+    let mut prepared = Prepared::default();
+    let result = work(&mut worker, fx, &owner, &env, start, &mut prepared);
+    prepared.stop_all(fx);
+    // No hook is left to read the claim; a stale one could only mislead.
+    let _ = fx.remove_file(worker::CLAIM_FILE);
+    match result? {
+        Ok(()) => {
+            fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
+            Ok(())
+        }
+        Err(why) => {
+            fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
+            Err(Error::Etcdctl(why))
+        }
+    }
+}
+
+/// Asked to stop (the unit fell back to its peer relation): withdraw the claim before the
+/// release frees the lock, so that no hook can take the claim's word for a lock that is gone.
+fn stop(worker: &mut Worker, fx: &mut impl Effects) {
+    fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
+    if let Err(e) = fx.remove_file(worker::CLAIM_FILE) {
+        fx.log(
+            LogLevel::Warning,
+            &format!("Could not withdraw the claim file: {e}"),
+        );
+    }
+    worker.stop();
+}
+
+/// Drive the worker until it exits; its verdict, or a host error.
+fn work(
+    worker: &mut Worker,
+    fx: &mut impl Effects,
+    owner: &str,
+    env: &[(String, String)],
+    start: Timestamp,
+    prepared: &mut Prepared,
+) -> Result<Result<(), String>, Error> {
     loop {
         let now = (fx.now().micros() - start.micros()).max(0) as u64 / 1000;
         match worker.poll(now) {
             Step::Etcdctl(call) => {
                 let (args, stdin) = call.argv();
-                let output = fx.run_etcdctl(&args, &env, stdin.as_deref(), ETCDCTL_TIMEOUT_MS);
+                let output = prepared.run(fx, &args, env, stdin.as_deref(), ETCDCTL_TIMEOUT_MS);
                 worker.handle(output.unwrap_or_else(|e| Output {
                     code: 127,
                     stdout: String::new(),
@@ -423,20 +530,21 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
             }
             Step::Sleep(ms) => {
                 if fx.read_file(worker::STOP_FILE)?.is_some() {
-                    fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
-                    worker.stop();
+                    stop(worker, fx);
                     continue;
                 }
                 fx.sleep_ms(ms);
             }
             Step::Watch(call, timeout_ms) => {
                 if fx.read_file(worker::STOP_FILE)?.is_some() {
-                    fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
-                    worker.stop();
+                    stop(worker, fx);
                     continue;
                 }
+                if let Some(next) = worker.args_after_watch() {
+                    prepared.prepare(fx, &next, env);
+                }
                 let (args, _) = call.argv();
-                let output = fx.watch_etcdctl(&args, &env, timeout_ms);
+                let output = fx.watch_etcdctl(&args, env, timeout_ms);
                 worker.handle(output.unwrap_or_else(|e| Output {
                     code: 127,
                     stdout: String::new(),
@@ -445,10 +553,17 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
                 }));
             }
             Step::Dispatch(event) => {
-                if let Some(op_id) = worker
-                    .claimed_op_id()
-                    .filter(|_| event == LOCK_GRANTED_HOOK)
-                    && let Err(e) = fx.write_file(worker::CLAIM_FILE, op_id.as_bytes(), 0o644)
+                let claim = worker.claim().filter(|_| event == LOCK_GRANTED_HOOK).map(
+                    |(key, op, certain_ms)| WorkerClaim {
+                        owner: owner.to_string(),
+                        key,
+                        op: op.clone(),
+                        held_until_micros: fx.now().micros() + certain_ms as i64 * 1000,
+                    },
+                );
+                if let Some(claim) = claim
+                    && let Err(e) =
+                        fx.write_file(worker::CLAIM_FILE, claim.encode().as_bytes(), 0o644)
                 {
                     // The hook then finalizes as for any worker; only slower.
                     fx.log(
@@ -460,20 +575,7 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
                     fx.log(LogLevel::Error, &format!("Could not dispatch {event}: {e}"));
                 }
             }
-            Step::Exit(result) => {
-                // No hook is left to read the claim; a stale one could only mislead.
-                let _ = fx.remove_file(worker::CLAIM_FILE);
-                return match result {
-                    Ok(()) => {
-                        fx.log(LogLevel::Info, "etcd worker: nothing left to do; exiting.");
-                        Ok(())
-                    }
-                    Err(why) => {
-                        fx.log(LogLevel::Error, &format!("etcd worker failed: {why}"));
-                        Err(Error::Etcdctl(why))
-                    }
-                };
-            }
+            Step::Exit(result) => return Ok(result),
         }
     }
 }
@@ -543,25 +645,77 @@ pub fn describe(manager: &mut Manager, fx: &mut impl Effects) -> Result<String, 
     Ok(manager.describe())
 }
 
-/// Acquire the synchronous lock through the charm's backend (peer mode).
+/// Who gives the synchronous lock a hook holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncHeld {
+    /// The cluster's etcd lock key.
+    Etcd(EtcdHold),
+    /// The charm's backend (peer mode, or etcd failed).
+    Backend,
+}
+
+/// Acquire the synchronous lock (spec/etcd.md §7): through etcd when this hook can use it,
+/// else — or when etcd fails — through the charm's backend `backend_id`. A timeout is a
+/// timeout either way (no fallback). The caller keeps what this returns for
+/// [`release_sync_lock`].
 pub fn acquire_sync_lock(
     manager: &Manager,
     fx: &mut impl Effects,
     backend_id: &str,
     timeout_seconds: Option<u32>,
-) -> Result<(), Error> {
+) -> Result<SyncHeld, Error> {
+    if let Some(etcd) = sync_etcd(manager) {
+        match sync_lock::acquire(fx, &etcd, timeout_seconds) {
+            Ok(hold) => {
+                fx.log(LogLevel::Info, "Acquired the etcd sync lock.");
+                return Ok(SyncHeld::Etcd(hold));
+            }
+            Err(Refusal::TimedOut(why)) => return Err(Error::Timeout(why)),
+            Err(Refusal::OwnOperation(why)) => return Err(Error::SyncLock(why)),
+            Err(Refusal::Unusable(why)) => fx.log(
+                LogLevel::Warning,
+                &format!(
+                    "The etcd sync lock is unavailable ({why}); using sync lock backend {backend_id}."
+                ),
+            ),
+        }
+    }
     manager.check_sync_backend(backend_id)?;
     fx.sync_backend_acquire(backend_id, timeout_seconds)
-        .map_err(|e| sync_acquire_error(backend_id, e))
+        .map_err(|e| sync_acquire_error(backend_id, e))?;
+    Ok(SyncHeld::Backend)
 }
 
-/// Release the synchronous lock.
+/// Release the synchronous lock `held` (what [`acquire_sync_lock`] returned; none: the
+/// charm's backend, as the reference would).
 pub fn release_sync_lock(
     manager: &Manager,
     fx: &mut impl Effects,
     backend_id: &str,
+    held: Option<SyncHeld>,
 ) -> Result<(), Error> {
+    if let (Some(SyncHeld::Etcd(hold)), Some(etcd)) = (&held, sync_etcd(manager)) {
+        sync_lock::release(fx, &etcd, hold.clone());
+        fx.log(LogLevel::Info, "Released the etcd sync lock.");
+        return Ok(());
+    }
     manager.check_sync_backend(backend_id)?;
     fx.sync_backend_release(backend_id)
         .map_err(|e| sync_release_error(backend_id, e))
+}
+
+/// etcd for the sync lock: the relation exists and this unit has its etcdctl configuration
+/// (spec/etcd.md §8.3; no network call).
+fn sync_etcd(manager: &Manager) -> Option<SyncEtcd> {
+    let etcd = manager.etcd_context()?;
+    if !etcd.relation {
+        return None;
+    }
+    let env = etcd.environment.clone().ok()?;
+    let (owner, keys) = etcd.identity(manager.unit());
+    Some(SyncEtcd {
+        env,
+        lock: keys.lock,
+        owner,
+    })
 }

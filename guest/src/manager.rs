@@ -194,6 +194,15 @@ pub enum Command {
         /// What the call is for.
         purpose: EtcdPurpose,
     },
+    /// Start etcdctl with these arguments now, so that the [`Command::Etcdctl`] with the
+    /// same arguments that follows (after a callback) runs without its start-up. No answer;
+    /// a host that cannot simply runs that command whole.
+    PrepareEtcdctl {
+        /// Arguments after `etcdctl`.
+        args: Vec<String>,
+        /// The etcdctl environment.
+        env: Vec<(String, String)>,
+    },
     /// Make sure this unit's etcd worker runs (clearing any stop request); answer failures
     /// with [`Manager::handle_worker_start_failed`].
     StartWorker,

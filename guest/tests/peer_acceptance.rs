@@ -480,9 +480,14 @@ fn row_50_custom_sync_lock_after_etcd_failure() {
     // The host's context manager: acquire, run the block (it raises), always release.
     let id = "stop-replset-member";
     let result = m.run("charm/1", "sync-restart", |mgr, fx| {
-        driver::acquire_sync_lock(mgr, fx, id, Some(30))?;
+        let held = driver::acquire_sync_lock(mgr, fx, id, Some(30))?;
+        assert_eq!(
+            held,
+            driver::SyncHeld::Backend,
+            "etcd failed: the charm's backend"
+        );
         let block: Result<(), Error> = Err(Error::Host("block failed".into()));
-        driver::release_sync_lock(mgr, fx, id)?;
+        driver::release_sync_lock(mgr, fx, id, Some(held))?;
         block
     });
     assert_eq!(result, Err(Error::Host("block failed".into())));
@@ -1266,7 +1271,10 @@ fn bad_input_sync_backends() {
         matches!(&err, Error::SyncLock(msg) if msg.starts_with("Failed to acquire sync lock backend broken")),
         "{err}"
     );
-    assert_eq!(acquire("stop-replset-member"), Ok(()));
+    assert_eq!(
+        acquire("stop-replset-member"),
+        Ok(driver::SyncHeld::Backend)
+    );
     let ids: Vec<&str> = m
         .sync_calls
         .iter()
@@ -1279,7 +1287,7 @@ fn bad_input_sync_backends() {
     );
     let err = m
         .run("charm/1", "sync", |mgr, fx| {
-            driver::release_sync_lock(mgr, fx, "unknown")
+            driver::release_sync_lock(mgr, fx, "unknown", None)
         })
         .unwrap_err();
     assert_eq!(

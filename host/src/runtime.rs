@@ -15,7 +15,7 @@ use crate::bindings::juju::rollingops::types::{
 use crate::bindings::juju::rollingops::{charm, clock, crypto, files, juju, process};
 use crate::cache::{self, CacheOutcome};
 use crate::host::Host;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, StartedEtcdctl};
 
 /// Errors of the host library.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +149,10 @@ pub struct StoreData {
     table: ResourceTable,
     sandbox: Sandbox,
     host: Box<dyn Host>,
+    /// etcdctl processes the component started (`start-etcdctl`), by handle; dropping the
+    /// store kills them.
+    started: std::collections::HashMap<u32, StartedEtcdctl>,
+    next_handle: u32,
 }
 
 impl WasiView for StoreData {
@@ -185,6 +189,8 @@ impl Session {
             table: ResourceTable::new(),
             sandbox,
             host,
+            started: Default::default(),
+            next_handle: 0,
         };
         let mut store = Store::new(&runtime.engine, data);
         let bindings = runtime.pre.instantiate(&mut store).map_err(Error::Load)?;
@@ -425,6 +431,31 @@ impl process::Host for StoreData {
     ) -> Result<ExecOutput, wit::Error> {
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
         self.sandbox.watch_etcdctl(&args, &env, timeout)
+    }
+    fn start_etcdctl(
+        &mut self,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<u32, wit::Error> {
+        let started = self.sandbox.start_etcdctl(&args, &env)?;
+        self.next_handle = self.next_handle.wrapping_add(1);
+        self.started.insert(self.next_handle, started);
+        Ok(self.next_handle)
+    }
+    fn finish_etcdctl(
+        &mut self,
+        handle: u32,
+        stdin: Option<String>,
+        timeout_ms: u32,
+    ) -> Result<ExecOutput, wit::Error> {
+        let started = self.started.remove(&handle).ok_or_else(|| {
+            wit::Error::Etcdctl(format!("no started etcdctl has handle {handle}"))
+        })?;
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        started.finish(stdin.as_deref(), timeout)
+    }
+    fn stop_etcdctl(&mut self, handle: u32) {
+        self.started.remove(&handle);
     }
     fn start_worker(&mut self) -> Result<(), wit::Error> {
         self.host.start_worker()

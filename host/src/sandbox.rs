@@ -8,9 +8,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::bindings::juju::rollingops::types::{Error, ExecOutput};
@@ -50,8 +51,9 @@ impl Sandbox {
         stdin: Option<&str>,
         timeout: Duration,
     ) -> Result<ExecOutput, Error> {
-        let child = self.spawn_etcdctl(args, env, stdin)?;
-        finish(child, timeout, Until::Exit)
+        let mut child = self.spawn_etcdctl(args, env, stdin.is_some(), false)?;
+        child.feed(stdin)?;
+        child.wait(timeout, Until::Exit)
     }
 
     /// Run `etcdctl` like [`Sandbox::run_etcdctl`] (no stdin) but return as soon as it has
@@ -63,16 +65,28 @@ impl Sandbox {
         env: &[(String, String)],
         timeout: Duration,
     ) -> Result<ExecOutput, Error> {
-        let child = self.spawn_etcdctl(args, env, None)?;
-        finish(child, timeout, Until::FirstLine)
+        self.spawn_etcdctl(args, env, false, false)?
+            .wait(timeout, Until::FirstLine)
+    }
+
+    /// Start `etcdctl` and leave it running with its stdin open (WIT `start-etcdctl`): its
+    /// output is drained meanwhile, and it dies with this process (`PR_SET_PDEATHSIG`) or
+    /// when the returned [`StartedEtcdctl`] is dropped.
+    pub fn start_etcdctl(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<StartedEtcdctl, Error> {
+        self.spawn_etcdctl(args, env, true, true)
     }
 
     fn spawn_etcdctl(
         &self,
         args: &[String],
         env: &[(String, String)],
-        stdin: Option<&str>,
-    ) -> Result<Child, Error> {
+        stdin: bool,
+        die_with_parent: bool,
+    ) -> Result<StartedEtcdctl, Error> {
         let program = self.etcdctl_path();
         let resolved = std::fs::canonicalize(&program).map_err(|e| {
             Error::Etcdctl(format!(
@@ -87,30 +101,31 @@ impl Sandbox {
                 resolved.display()
             )));
         }
-        let mut child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .args(args)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.charm_dir)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Etcdctl(format!("cannot start {}: {e}", program.display())))?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            let written = pipe.write_all(text.as_bytes());
-            drop(pipe);
-            if let Err(e) = written {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::Etcdctl(format!("writing etcdctl stdin: {e}")));
+            .stderr(Stdio::piped());
+        if die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
         }
-        Ok(child)
+        let child = command
+            .spawn()
+            .map_err(|e| Error::Etcdctl(format!("cannot start {}: {e}", program.display())))?;
+        Ok(StartedEtcdctl::drain(child))
     }
 
     /// Map a component path onto `base_dir`, refusing anything that could leave it.
@@ -204,79 +219,166 @@ enum Until {
     FirstLine,
 }
 
-/// Collect a child's output, waiting until `until` or `timeout` (then killing it). The
-/// reader threads signal the moment their condition is met, so nothing polls. After a kill
-/// the output read so far is taken as it is: a leftover grandchild holding the pipes open
-/// cannot delay the answer.
-fn finish(mut child: Child, timeout: Duration, until: Until) -> Result<ExecOutput, Error> {
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let (out_text, err_text) = (
-        Arc::new(Mutex::new(String::new())),
-        Arc::new(Mutex::new(String::new())),
-    );
-    // The stdout reader says `true` at the first complete line (when asked to), `false` at EOF.
-    let (ready, signal) = mpsc::channel();
-    let out_reader = {
-        let text = out_text.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let mut said_line = false;
-            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                text.lock().expect("reader").push_str(&line);
-                if until == Until::FirstLine && !said_line && line.ends_with('\n') {
-                    said_line = true;
-                    let _ = ready.send(true);
+/// A running etcdctl whose output is being collected (see [`Sandbox::start_etcdctl`]).
+/// Dropping it kills the process.
+pub struct StartedEtcdctl {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    /// From the stdout reader: `true` at the first complete line, `false` at EOF.
+    signal: Receiver<bool>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Output kept per stream: a keep-alive runs for as long as a charm holds a lock and
+/// prints a line per renewal, so only the tail is kept.
+const KEEP_BYTES: usize = 256 * 1024;
+
+fn keep_tail(text: &mut String) {
+    if text.len() > KEEP_BYTES {
+        let mut cut = text.len() - KEEP_BYTES / 2;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text.drain(..cut);
+    }
+}
+
+impl StartedEtcdctl {
+    /// Start the reader threads. They signal the moment their condition is met, so nothing
+    /// polls.
+    fn drain(mut child: Child) -> Self {
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (out_text, err_text) = (
+            Arc::new(Mutex::new(String::new())),
+            Arc::new(Mutex::new(String::new())),
+        );
+        let (ready, signal) = mpsc::channel();
+        let out_reader = {
+            let text = out_text.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    let mut kept = text.lock().expect("reader");
+                    kept.push_str(&line);
+                    keep_tail(&mut kept);
+                    drop(kept);
+                    if line.ends_with('\n') {
+                        let _ = ready.send(true);
+                    }
+                    line.clear();
                 }
-                line.clear();
-            }
-            let _ = ready.send(false);
-        })
-    };
-    let err_reader = {
-        let text = err_text.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                text.lock().expect("reader").push_str(&line);
-                line.clear();
-            }
-        })
-    };
-    let kill = |child: &mut Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
-    let (code, timed_out) = match signal.recv_timeout(timeout) {
-        // stdout closed: the process is exiting; its output is complete.
-        Ok(false) => {
-            let status = child
-                .wait()
-                .map_err(|e| Error::Etcdctl(format!("waiting for etcdctl: {e}")))?;
-            let _ = (out_reader.join(), err_reader.join());
-            (status.code().unwrap_or(-1), false)
+                let _ = ready.send(false);
+            })
+        };
+        let err_reader = {
+            let text = err_text.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    let mut kept = text.lock().expect("reader");
+                    kept.push_str(&line);
+                    keep_tail(&mut kept);
+                    line.clear();
+                }
+            })
+        };
+        StartedEtcdctl {
+            child,
+            stdin,
+            stdout: out_text,
+            stderr: err_text,
+            signal,
+            readers: vec![out_reader, err_reader],
         }
-        Ok(true) => match child.try_wait() {
-            Ok(Some(status)) => (status.code().unwrap_or(-1), false),
-            _ => {
-                kill(&mut child);
-                (-1, false)
-            }
-        },
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-            kill(&mut child);
-            (-1, true)
+    }
+
+    /// Write `stdin` (if any) and close it.
+    fn feed(&mut self, stdin: Option<&str>) -> Result<(), Error> {
+        let Some(mut pipe) = self.stdin.take() else {
+            return Ok(());
+        };
+        let written = match stdin {
+            Some(text) => pipe.write_all(text.as_bytes()),
+            None => Ok(()),
+        };
+        drop(pipe);
+        written.map_err(|e| Error::Etcdctl(format!("writing etcdctl stdin: {e}")))
+    }
+
+    /// Give the process its stdin, then wait until it exits or `timeout` has passed (WIT
+    /// `finish-etcdctl`).
+    pub fn finish(mut self, stdin: Option<&str>, timeout: Duration) -> Result<ExecOutput, Error> {
+        if let Err(e) = self.feed(stdin) {
+            // It may have died already (a lost connection): report what it said.
+            let out = self.wait(timeout, Until::Exit)?;
+            return Err(Error::Etcdctl(format!(
+                "{e}; etcdctl said: {}",
+                out.stderr.trim()
+            )));
         }
-    };
-    let take = |text: &Arc<Mutex<String>>| text.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok(ExecOutput {
-        code,
-        stdout: take(&out_text),
-        stderr: take(&err_text),
-        timed_out,
-    })
+        self.wait(timeout, Until::Exit)
+    }
+
+    /// Wait until `until` or `timeout` (then kill). After a kill the output read so far is
+    /// taken as it is: a leftover grandchild holding the pipes open cannot delay the answer.
+    fn wait(mut self, timeout: Duration, until: Until) -> Result<ExecOutput, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        let (code, timed_out) = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.signal.recv_timeout(left) {
+                // stdout closed: the process is exiting; its output is complete.
+                Ok(false) => {
+                    let status = self
+                        .child
+                        .wait()
+                        .map_err(|e| Error::Etcdctl(format!("waiting for etcdctl: {e}")))?;
+                    for reader in self.readers.drain(..) {
+                        let _ = reader.join();
+                    }
+                    break (status.code().unwrap_or(-1), false);
+                }
+                Ok(true) if until == Until::Exit => {}
+                Ok(true) => match self.child.try_wait() {
+                    Ok(Some(status)) => break (status.code().unwrap_or(-1), false),
+                    _ => {
+                        self.kill();
+                        break (-1, false);
+                    }
+                },
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    self.kill();
+                    break (-1, true);
+                }
+            }
+        };
+        let take = |text: &Arc<Mutex<String>>| text.lock().map(|t| t.clone()).unwrap_or_default();
+        Ok(ExecOutput {
+            code,
+            stdout: take(&self.stdout),
+            stderr: take(&self.stderr),
+            timed_out,
+        })
+    }
+
+    /// Kill the process and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for StartedEtcdctl {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
 }
 
 #[cfg(test)]

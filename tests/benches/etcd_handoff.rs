@@ -4,10 +4,12 @@
 //!
 //! The rollingops side runs the production path: each unit drives the core's [`Worker`]
 //! exactly as the component's `run-worker` does (etcdctl calls and watches through the host
-//! library's [`Sandbox`], the claim file written before the dispatch), and plays the
-//! lock-granted hook with the manager's own etcd steps ([`turn`]: one read, then the
-//! finalize transaction). Only the hook's process start (juju-exec, the charm) is left out,
-//! so the numbers are the lock protocol's.
+//! library's [`Sandbox`]; the lock transaction's etcdctl started while the watch runs, as
+//! the driver's `Prepared` does), and plays the lock-granted hook with the manager's own
+//! etcd steps ([`turn`]: the worker's claim taken at its word while the lease certainly
+//! lives, else one read; the finalize transaction's etcdctl started before the callback).
+//! Only the hook's process start (juju-exec, the charm) is left out, so the numbers are the
+//! lock protocol's.
 //!
 //! A hand-off is the time from one critical section ending to the next one starting in a
 //! different unit. The rollingops hand-off is also split into its steps, and the cost of
@@ -22,7 +24,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rollingops::sandbox::Sandbox;
+use rollingops::sandbox::{Sandbox, StartedEtcdctl};
 use rollingops_guest::etcd::keys::{Keys, owner};
 use rollingops_guest::etcd::queue::finalize;
 use rollingops_guest::etcd::turn;
@@ -102,28 +104,40 @@ fn hook(
     env: &[(String, String)],
     keys: &Keys,
     owner: &str,
-    claim: Option<&str>,
+    claim: Option<(String, Operation, u64)>,
     unit: usize,
     marks: &Marks,
 ) {
-    let read = turn::read(keys);
-    let (args, stdin) = read.argv();
-    let out = output(sandbox.run_etcdctl(&args, env, stdin.as_deref(), ETCDCTL_TIMEOUT));
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let facts = turn::parse(&out.stdout).expect("facts");
-    assert_eq!(
-        facts.lock_holder.as_deref(),
-        Some(owner),
-        "a hook ran without the lock"
-    );
-    let (key, op) = facts.inprogress.expect("a claimed op");
+    let claimed = claim.as_ref().map(|(_, op, _)| op.op_id());
+    // As the driver's `load`: a claim still within its lease's certain life is taken at its
+    // word (the finalize below, guarded by the owner, still proves the lock was held);
+    // otherwise etcd is read.
+    let (key, op) = match claim.filter(|(_, _, certain_ms)| *certain_ms > 0) {
+        Some((key, op, _)) => (key, op),
+        None => {
+            let read = turn::read(keys);
+            let (args, stdin) = read.argv();
+            let out = output(sandbox.run_etcdctl(&args, env, stdin.as_deref(), ETCDCTL_TIMEOUT));
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            let facts = turn::parse(&out.stdout).expect("facts");
+            assert_eq!(
+                facts.lock_holder.as_deref(),
+                Some(owner),
+                "a hook ran without the lock"
+            );
+            facts.inprogress.expect("a claimed op")
+        }
+    };
+    // As the manager asks (`Command::PrepareEtcdctl`): the finalize's process starts before
+    // the callback.
+    let finalize_txn = sandbox.start_etcdctl(&["txn".into()], env).expect("start");
     marks.lock().unwrap().push((unit, Mark::Start, now_ns()));
     std::thread::sleep(HOLD);
     marks.lock().unwrap().push((unit, Mark::End, now_ns()));
     let done = finalize(&op, OperationResult::Release);
-    let worker_waits = claim == Some(op.op_id().as_str());
+    let worker_waits = claimed == Some(op.op_id());
     let body = turn::finalize_body(keys, owner, &key, &done, worker_waits);
-    let out = output(sandbox.run_etcdctl(&["txn".into()], env, Some(&body), ETCDCTL_TIMEOUT));
+    let out = output(finalize_txn.finish(Some(&body), ETCDCTL_TIMEOUT));
     assert_eq!(out.stdout.lines().next(), Some("SUCCESS"), "{}", out.stderr);
     marks
         .lock()
@@ -159,17 +173,29 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
                     assert_eq!(out.code, 0, "{}", out.stderr);
                 }
                 let clock = Instant::now();
-                let mut worker = Worker::new(keys.clone(), owner.clone(), Timing::default(), 0);
+                let mut timing = Timing::default();
+                if let Some(ms) = std::env::var("REWATCH").ok().and_then(|v| v.parse().ok()) {
+                    timing.rewatch_delay_ms = ms;
+                }
+                let mut worker = Worker::new(keys.clone(), owner.clone(), timing, 0);
+                // What the driver's `Prepared` does: the call after a lock watch is started
+                // while the watch runs.
+                let mut ahead: Option<(Vec<String>, StartedEtcdctl)> = None;
                 loop {
                     match worker.poll(clock.elapsed().as_millis() as u64) {
                         Step::Etcdctl(call) => {
                             let (args, stdin) = call.argv();
-                            let out = output(sandbox.run_etcdctl(
-                                &args,
-                                &env,
-                                stdin.as_deref(),
-                                ETCDCTL_TIMEOUT,
-                            ));
+                            let out = output(match ahead.take() {
+                                Some((ready, started)) if ready == args => {
+                                    started.finish(stdin.as_deref(), ETCDCTL_TIMEOUT)
+                                }
+                                _ => sandbox.run_etcdctl(
+                                    &args,
+                                    &env,
+                                    stdin.as_deref(),
+                                    ETCDCTL_TIMEOUT,
+                                ),
+                            });
                             let was_holding = worker.holding();
                             worker.handle(out);
                             if matches!(call, Call::TxnJson(_)) && !was_holding && worker.holding()
@@ -178,6 +204,10 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
                             }
                         }
                         Step::Watch(call, timeout_ms) => {
+                            if let (None, Some(next)) = (&ahead, worker.args_after_watch()) {
+                                let started = sandbox.start_etcdctl(&next, &env).expect("start");
+                                ahead = Some((next, started));
+                            }
                             let (args, _) = call.argv();
                             let out = output(sandbox.watch_etcdctl(
                                 &args,
@@ -196,16 +226,8 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
                         Step::Dispatch(event) => {
                             assert_eq!(event, LOCK_GRANTED_HOOK);
                             // What the driver writes to the claim file before dispatching.
-                            let claim_file = worker.claimed_op_id();
-                            hook(
-                                &sandbox,
-                                &env,
-                                &keys,
-                                &owner,
-                                claim_file.as_deref(),
-                                unit,
-                                &marks,
-                            );
+                            let claim = worker.claim().map(|(key, op, ms)| (key, op.clone(), ms));
+                            hook(&sandbox, &env, &keys, &owner, claim, unit, &marks);
                         }
                         Step::Exit(result) => {
                             result.expect("worker");
@@ -317,7 +339,7 @@ fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, 
         ),
         ("-> waiter's watch returned", vec![]),
         ("-> waiter's lock+claim txn returned", vec![]),
-        ("-> hook's read returned (next section starts)", vec![]),
+        ("-> next section starts (the hook trusts the claim)", vec![]),
     ];
     for pair in sections.windows(2).filter(|p| p[1].0 != p[0].0) {
         let (a, b) = (pair[0], pair[1]);
@@ -342,9 +364,32 @@ fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, 
 
 /// The cost of one etcdctl process: start-up alone (`version`, no network) and a TLS
 /// round trip (`get`, which dials, handshakes and reads).
-fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 2] {
+fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 4] {
     let sandbox = Sandbox::new(charm_dir(), std::env::temp_dir());
     let env = etcd.env();
+    let body = "\n\nget /bench-probe\n\n";
+    let txn_times = |ahead: bool| -> Vec<f64> {
+        let args = vec!["txn".to_string()];
+        (0..20)
+            .map(|_| {
+                let (started, out) = if ahead {
+                    let process = sandbox.start_etcdctl(&args, &env).unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                    let started = Instant::now();
+                    (started, process.finish(Some(body), ETCDCTL_TIMEOUT))
+                } else {
+                    let started = Instant::now();
+                    (
+                        started,
+                        sandbox.run_etcdctl(&args, &env, Some(body), ETCDCTL_TIMEOUT),
+                    )
+                };
+                let out = output(out);
+                assert_eq!(out.stdout.lines().next(), Some("SUCCESS"), "{}", out.stderr);
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
+    };
     let time = |args: &[&str]| -> Vec<f64> {
         (0..20)
             .map(|_| {
@@ -364,6 +409,14 @@ fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 2] {
         (
             "etcdctl get over TLS (start-up + handshake + read)",
             time(&["get", "/bench-probe"]),
+        ),
+        (
+            "etcdctl txn over TLS, started when needed",
+            txn_times(false),
+        ),
+        (
+            "etcdctl txn over TLS, started 100 ms ahead",
+            txn_times(true),
         ),
     ]
 }

@@ -72,6 +72,11 @@ pub enum EtcdPurpose {
 }
 
 impl Manager {
+    /// etcd as this hook sees it (none: the charm gave no etcd relation or cluster id).
+    pub fn etcd_context(&self) -> Option<&EtcdContext> {
+        self.etcd.as_ref()
+    }
+
     fn etcd_usable(&self) -> bool {
         self.etcd.as_ref().is_some_and(|e| e.unusable().is_none())
     }
@@ -234,6 +239,11 @@ impl Manager {
                 op.attempt + 1
             ),
         );
+        // The finalize transaction follows the callback; the next unit waits on it.
+        self.commands.push_back(Command::PrepareEtcdctl {
+            args: vec!["txn".into()],
+            env: etcd.environment.clone().unwrap_or_default(),
+        });
         self.commands.push_back(Command::RunCallback {
             id: op.callback_id.clone(),
             kwargs_json: crate::op::kwargs_json(&op.kwargs),

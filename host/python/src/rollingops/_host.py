@@ -14,6 +14,7 @@ wasmtime-py maps WIT values to Python as follows, and the return values below fo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import enum
 import json
@@ -22,7 +23,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -224,6 +227,8 @@ class Host:
         """The last exception a sync-lock backend raised, to chain the library's error to it."""
         self.worker: WorkerSettings | None = None
         """How to start this unit's etcd worker; None when the manager has no etcd mode."""
+        self._started: dict[int, _Drained] = {}
+        self._next_handle = 0
 
     # -- juju ------------------------------------------------------------------------------
 
@@ -462,58 +467,64 @@ class Host:
         For ``etcdctl watch``, which never exits by itself: the first line is the first
         event. A process still running at that point is killed.
         """
+        started = self._spawn_etcdctl(args, env, stdin=False)
+        if isinstance(started, Variant):
+            return started
+        return started.wait(timeout_ms, first_line=True)
+
+    def start_etcdctl(self, args: list[str], env: list[tuple[str, str]]) -> int | Variant:
+        """Start etcdctl with its stdin open and leave it running; a handle.
+
+        Its output is drained meanwhile; it dies with this process (``PR_SET_PDEATHSIG``),
+        with :meth:`stop_etcdctl`, or when this host is closed.
+        """
+        started = self._spawn_etcdctl(args, env, stdin=True, die_with_parent=True)
+        if isinstance(started, Variant):
+            return started
+        self._next_handle += 1
+        self._started[self._next_handle] = started
+        return self._next_handle
+
+    def finish_etcdctl(self, handle: int, stdin: str | None, timeout_ms: int) -> Record | Variant:
+        """Give a started etcdctl its stdin, wait for it to exit, return its output."""
+        started = self._started.pop(handle, None)
+        if started is None:
+            return _err('etcdctl', f'no started etcdctl has handle {handle}')
+        try:
+            started.feed(stdin)
+        except OSError as e:
+            said = started.wait(timeout_ms, first_line=False)
+            return _err('etcdctl', f'writing etcdctl stdin: {e}; etcdctl said: {said.stderr}')
+        return started.wait(timeout_ms, first_line=False)
+
+    def stop_etcdctl(self, handle: int) -> None:
+        started = self._started.pop(handle, None)
+        if started is not None:
+            started.kill()
+
+    def _spawn_etcdctl(
+        self,
+        args: list[str],
+        env: list[tuple[str, str]],
+        *,
+        stdin: bool,
+        die_with_parent: bool = False,
+    ) -> _Drained | Variant:
         program = self.etcdctl_path()
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
             return _err('etcdctl', f'etcdctl is not installed at {program}')
         try:
             child = subprocess.Popen(
                 [program, *args],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=dict(env),
+                preexec_fn=_die_with_parent_hook() if die_with_parent else None,  # noqa: PLW1509
             )
         except OSError as e:
             return _err('etcdctl', f'etcdctl could not be started: {e}')
-        assert child.stdout is not None and child.stderr is not None
-        lines: list[bytes] = []
-        errors: list[bytes] = []
-        first_line = threading.Event()
-        eof = threading.Event()
-
-        def read_stdout(pipe: IO[bytes]) -> None:
-            for line in iter(pipe.readline, b''):
-                lines.append(line)
-                if line.endswith(b'\n'):
-                    first_line.set()
-            eof.set()
-            first_line.set()
-
-        def read_stderr(pipe: IO[bytes]) -> None:
-            errors.extend(iter(pipe.readline, b''))
-
-        readers = [
-            threading.Thread(target=read_stdout, args=(child.stdout,), daemon=True),
-            threading.Thread(target=read_stderr, args=(child.stderr,), daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
-        timed_out = not first_line.wait(timeout_ms / 1000)
-        code: int | None
-        if eof.is_set():
-            # stdout closed: the process is exiting and its output is complete.
-            code = child.wait()
-            for reader in readers:
-                reader.join()
-        else:
-            code = child.poll()
-            if code is None:
-                child.kill()
-                child.wait()
-                code = -1
-        out = b''.join(lines).decode(errors='replace')
-        err = b''.join(errors).decode(errors='replace')
-        return _exec_output(code if code >= 0 else -1, out, err, timed_out=timed_out)
+        return _Drained(child)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -659,6 +670,104 @@ def _record(**fields: object) -> Record:
     for name, value in fields.items():
         setattr(record, name.replace('_', '-'), value)
     return record
+
+
+# Output kept per stream of a started process: a keep-alive prints a line per renewal for
+# as long as a lock is held, so only the tail is kept.
+_KEEP_BYTES = 256 * 1024
+
+
+class _Drained:
+    """A child etcdctl whose stdout and stderr are read by threads as they come."""
+
+    def __init__(self, child: subprocess.Popen[bytes]):
+        assert child.stdout is not None and child.stderr is not None
+        self.child = child
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self._first_line = threading.Event()
+        self._eof = threading.Event()
+        self._readers = [
+            threading.Thread(target=self._read_stdout, args=(child.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(child.stderr,), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _keep(chunks: list[bytes], line: bytes) -> None:
+        chunks.append(line)
+        if sum(len(c) for c in chunks[-64:]) > _KEEP_BYTES:
+            del chunks[: len(chunks) // 2]
+
+    def _read_stdout(self, pipe: IO[bytes]) -> None:
+        for line in iter(pipe.readline, b''):
+            self._keep(self._out, line)
+            if line.endswith(b'\n'):
+                self._first_line.set()
+        self._eof.set()
+        self._first_line.set()
+
+    def _read_stderr(self, pipe: IO[bytes]) -> None:
+        for line in iter(pipe.readline, b''):
+            self._keep(self._err, line)
+
+    def feed(self, stdin: str | None) -> None:
+        """Write ``stdin`` (if any) and close it."""
+        pipe = self.child.stdin
+        if pipe is None:
+            return
+        try:
+            if stdin:
+                pipe.write(stdin.encode())
+        finally:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    def wait(self, timeout_ms: int, *, first_line: bool) -> Record:
+        """Wait for the exit (or the first stdout line) or the timeout, then kill."""
+        done = self._first_line if first_line else self._eof
+        timed_out = not done.wait(timeout_ms / 1000)
+        code: int | None
+        if self._eof.is_set():
+            # stdout closed: the process is exiting and its output is complete.
+            code = self.child.wait()
+            for reader in self._readers:
+                reader.join()
+        else:
+            code = self.child.poll()
+            if code is None:
+                self.kill()
+                code = -1
+        out = b''.join(self._out).decode(errors='replace')
+        err = b''.join(self._err).decode(errors='replace')
+        return _exec_output(code if code >= 0 else -1, out, err, timed_out=timed_out)
+
+    def kill(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+        self.child.wait()
+        if self.child.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.child.stdin.close()
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to kill the child when this process dies.
+
+    libc is loaded here, in the parent: the child, between fork and exec, only calls prctl.
+    Elsewhere than Linux there is no such request, and the child outlives a killed parent.
+    """
+    if not sys.platform.startswith('linux'):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return hook
 
 
 def _exec_output(code: int, stdout: str, stderr: str, *, timed_out: bool) -> Record:

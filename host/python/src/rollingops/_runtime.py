@@ -63,6 +63,9 @@ _IMPORTS: dict[str, dict[str, str]] = {
     'process': {
         'run-etcdctl': 'run_etcdctl',
         'watch-etcdctl': 'watch_etcdctl',
+        'start-etcdctl': 'start_etcdctl',
+        'finish-etcdctl': 'finish_etcdctl',
+        'stop-etcdctl': 'stop_etcdctl',
         'start-worker': 'start_worker',
     },
     'files': {'read': 'read', 'write': 'write', 'remove': 'remove'},
