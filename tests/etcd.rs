@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use rollingops::sandbox::Sandbox;
+use rollingops_guest::etcd::handoff;
 use rollingops_guest::etcd::keys::{Keys, owner};
 use rollingops_guest::etcd::queue::finalize;
-use rollingops_guest::etcd::turn;
+use rollingops_guest::etcd::turn::{self, WorkerClaim};
 use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use rollingops_guest::{Operation, OperationResult, Timestamp};
 use rollingops_tests::etcd_cluster::{Etcd, etcdctl};
@@ -44,15 +45,16 @@ fn watch_call(sandbox: &Sandbox, env: &[(String, String)], call: &Call, timeout_
 }
 
 /// The lock-granted hook's etcd part, as the manager does it: one read (is the lock ours,
-/// what is claimed), the callback, and the finalize transaction (which also releases the
-/// lock when `claim`, the worker's claim file, names the op).
+/// what is claimed, who waits), the callback, and the finalize transaction — which, when
+/// `claim` (the op id in the worker's claim file) names the op, hands the lock to the
+/// oldest registered waiter, or releases it.
 fn hook(
     sandbox: &Sandbox,
     env: &[(String, String)],
     keys: &Keys,
     owner: &str,
     claim: Option<&str>,
-    log: &std::sync::Mutex<Vec<(String, Instant, Instant)>>,
+    log: &std::sync::Mutex<Vec<(String, Instant, Instant, bool)>>,
 ) {
     // Like the real hook, retry transient failures (a member may be down).
     let retrying = |call: &Call| {
@@ -66,7 +68,7 @@ fn hook(
         panic!("etcdctl {call:?} kept failing");
     };
     let facts = turn::parse(&retrying(&turn::read(keys)).stdout).expect("facts");
-    let Some((key, op)) = facts.inprogress else {
+    let Some((key, op)) = facts.inprogress.clone() else {
         return;
     };
     assert_eq!(
@@ -76,11 +78,26 @@ fn hook(
     );
     let start = Instant::now();
     std::thread::sleep(Duration::from_millis(150));
-    log.lock()
-        .unwrap()
-        .push((owner.to_string(), start, Instant::now()));
+    let end = Instant::now();
+    let record = |handed: bool| {
+        log.lock()
+            .unwrap()
+            .push((owner.to_string(), start, end, handed))
+    };
     let done = finalize(&op, OperationResult::Release);
     let worker_waits = claim == Some(op.op_id().as_str());
+    if let Some(to) = handoff::successor(keys, owner, &facts.waiters)
+        .filter(|_| worker_waits && turn::releases(&done))
+    {
+        let handed = retrying(&Call::Txn(turn::hand_over_body(
+            keys, owner, &key, &done, &to,
+        )));
+        if handed.stdout.lines().next() == Some("SUCCESS") {
+            record(true);
+            return;
+        }
+    }
+    record(false);
     let body = turn::finalize_body(keys, owner, &key, &done, worker_waits);
     // A retried transaction may find its own earlier, ambiguous attempt applied.
     let outcome = retrying(&Call::Txn(body));
@@ -93,7 +110,8 @@ fn hook(
     }
 }
 
-type RunLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Instant, Instant)>>>;
+/// Callback runs: owner, start, end, whether its hook handed the lock over.
+type RunLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Instant, Instant, bool)>>>;
 
 /// A worker thread's exit and the hooks it dispatched.
 type WorkerThread = std::thread::JoinHandle<(Result<(), String>, Vec<&'static str>)>;
@@ -189,6 +207,9 @@ fn workers_over_tls_take_turns_and_drain_their_queues() {
     }
     assert_eq!(log.lock().unwrap().len(), 8);
     assert_no_overlap(&log);
+    // Waiting workers registered, and hooks handed the lock straight to them.
+    let handed = log.lock().unwrap().iter().filter(|r| r.3).count();
+    assert!(handed > 0, "no hook handed the lock over");
     let left = etcd.etcdctl(&["get", "/rollingops/", "--prefix", "--keys-only"], None);
     assert_eq!(left.stdout.trim(), "", "keys left behind");
 }
@@ -369,7 +390,8 @@ fn a_release_before_the_watch_starts_is_not_missed() {
         "the watch waited for an event that had already happened"
     );
     assert!(!seen.timed_out);
-    assert_eq!(seen.stdout.lines().next(), Some("DELETE"), "{seen:?}");
+    let events = rollingops_guest::etcd::etcdctl::parse_watch_events(&seen.stdout);
+    assert!(events.first().is_some_and(|e| e.deleted), "{seen:?}");
     worker.handle(seen);
     // One transaction takes the lock and claims the op.
     assert_eq!(until_dispatch(&mut worker, &sandbox, &env), 1);
@@ -472,7 +494,9 @@ impl rollingops::Host for WorkerHost {
                 .base_dir
                 .join(rollingops_guest::etcd::worker::CLAIM_FILE);
             self.hooks.push(std::thread::spawn(move || {
-                let claim = std::fs::read_to_string(claim_file).ok();
+                let claim = std::fs::read_to_string(claim_file)
+                    .ok()
+                    .map(|text| WorkerClaim::decode(&text).op_id);
                 let log = std::sync::Mutex::default();
                 hook(&sandbox, &env, &keys, &owner, claim.as_deref(), &log);
                 assert_eq!(log.lock().unwrap().len(), 1, "the hook ran nothing");

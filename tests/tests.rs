@@ -8,6 +8,7 @@
 //!   (`fake_juju`, hook tools in `fake-juju/`), rolling restarts, faults, and costs;
 //! * `e2e_etcd` — the same in etcd mode on a real etcd: two applications on one lock, each
 //!   unit with its detached `rollingops worker`, and the fallback when etcd goes away;
+//! * `sync_lock` — the synchronous lock through the component on a real etcd;
 
 mod boundary;
 mod bridge;
@@ -19,5 +20,6 @@ mod etcd;
 mod fake_juju;
 mod features;
 mod simulation;
+mod sync_lock;
 mod testing_kit;
 mod vectors;

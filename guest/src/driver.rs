@@ -221,7 +221,7 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
                 .is_some_and(|b| b == "etcd");
             let relation = etcd_relation::load(fx, endpoint, &unit, leader)?;
             let exists = relation.relation_id.is_some();
-            let etcd = load_etcd(fx, exists, cluster, &unit, etcd_managed, now)?;
+            let etcd = load_etcd(fx, exists, cluster, &unit, etcd_managed)?;
             (Some(etcd), Some(relation))
         }
         _ => (None, None),
@@ -247,7 +247,6 @@ fn load_etcd(
     cluster_id: &str,
     unit: &str,
     read_facts: bool,
-    now: Timestamp,
 ) -> Result<EtcdContext, Error> {
     let environment = match (fx.read_file(ETCDCTL_JSON), fx.read_file(SERVER_CA)) {
         (Ok(Some(config)), Ok(Some(_))) => environment(&String::from_utf8_lossy(&config)),
@@ -269,27 +268,16 @@ fn load_etcd(
     };
     if read_facts && context.unusable().is_none() {
         let env = context.environment.clone().unwrap_or_default();
-        let (owner, keys) = context.identity(unit);
-        let claim = fx
-            .read_file(worker::CLAIM_FILE)
-            .ok()
-            .flatten()
-            .map(|text| String::from_utf8_lossy(&text).into_owned());
-        if let Some(trusted) = claim
-            .as_deref()
-            .and_then(WorkerClaim::decode)
-            .filter(|c| c.owner == owner && c.held_until_micros > now.micros())
-            // Single use: a claim this hook could not remove is not trusted.
-            .filter(|_| fx.remove_file(worker::CLAIM_FILE).is_ok())
-        {
-            context.facts = Some(Ok(trusted.facts()));
-            return Ok(context);
-        }
+        let (_, keys) = context.identity(unit);
         let facts = run_with_retries(fx, &turn::read(&keys), &env, HOOK_ATTEMPTS)
             .and_then(|out| turn::parse(&out));
         let facts = facts.map(|mut facts| {
             if facts.inprogress.is_some() {
-                facts.worker_claim = claim.as_deref().map(WorkerClaim::op_id_in);
+                facts.worker_claim = fx
+                    .read_file(worker::CLAIM_FILE)
+                    .ok()
+                    .flatten()
+                    .map(|text| WorkerClaim::decode(&String::from_utf8_lossy(&text)));
             }
             facts
         });
@@ -425,6 +413,26 @@ fn drive_with(
                 manager.handle_etcdctl_result(purpose, result);
             }
             Command::PrepareEtcdctl { args, env } => prepared.prepare(fx, &args, &env),
+            Command::KeepLeaseAlive {
+                lease,
+                env,
+                renew_first,
+            } => {
+                if renew_first
+                    && let Err(why) =
+                        run_with_retries(fx, &Call::KeepAlive(lease.clone()), &env, HOOK_ATTEMPTS)
+                {
+                    manager.handle_lease_lapsed(&why);
+                    continue;
+                }
+                let args = ["lease", "keep-alive", lease.as_str()].map(String::from);
+                if let Err(e) = prepared.keep_running(fx, &args, &env) {
+                    fx.log(
+                        LogLevel::Warning,
+                        &format!("Could not keep lease {lease} alive during the callback: {e}"),
+                    );
+                }
+            }
             Command::StartWorker => {
                 let _ = fx.remove_file(worker::STOP_FILE);
                 if let Err(e) = fx.start_worker() {
@@ -477,7 +485,7 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
         &format!("etcd worker started for {owner} on cluster {cluster_id}."),
     );
     let mut prepared = Prepared::default();
-    let result = work(&mut worker, fx, &owner, &env, start, &mut prepared);
+    let result = work(&mut worker, fx, &env, start, &mut prepared);
     prepared.stop_all(fx);
     // No hook is left to read the claim; a stale one could only mislead.
     let _ = fx.remove_file(worker::CLAIM_FILE);
@@ -493,16 +501,8 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
     }
 }
 
-/// Asked to stop (the unit fell back to its peer relation): withdraw the claim before the
-/// release frees the lock, so that no hook can take the claim's word for a lock that is gone.
 fn stop(worker: &mut Worker, fx: &mut impl Effects) {
     fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
-    if let Err(e) = fx.remove_file(worker::CLAIM_FILE) {
-        fx.log(
-            LogLevel::Warning,
-            &format!("Could not withdraw the claim file: {e}"),
-        );
-    }
     worker.stop();
 }
 
@@ -510,7 +510,6 @@ fn stop(worker: &mut Worker, fx: &mut impl Effects) {
 fn work(
     worker: &mut Worker,
     fx: &mut impl Effects,
-    owner: &str,
     env: &[(String, String)],
     start: Timestamp,
     prepared: &mut Prepared,
@@ -553,14 +552,14 @@ fn work(
                 }));
             }
             Step::Dispatch(event) => {
-                let claim = worker.claim().filter(|_| event == LOCK_GRANTED_HOOK).map(
-                    |(key, op, certain_ms)| WorkerClaim {
-                        owner: owner.to_string(),
-                        key,
-                        op: op.clone(),
-                        held_until_micros: fx.now().micros() + certain_ms as i64 * 1000,
-                    },
-                );
+                let claim = worker
+                    .claim()
+                    .filter(|_| event == LOCK_GRANTED_HOOK)
+                    .map(|c| WorkerClaim {
+                        op_id: c.op.op_id(),
+                        lease: c.lease,
+                        lease_certain_until_micros: fx.now().micros() + c.certain_ms as i64 * 1000,
+                    });
                 if let Some(claim) = claim
                     && let Err(e) =
                         fx.write_file(worker::CLAIM_FILE, claim.encode().as_bytes(), 0o644)

@@ -203,6 +203,18 @@ pub enum Command {
         /// The etcdctl environment.
         env: Vec<(String, String)>,
     },
+    /// Keep the lock's lease alive until the hook's commands are done (a `lease
+    /// keep-alive` run alongside), so the lock cannot lapse under a running callback even if
+    /// the worker dies. With `renew_first`, renew once before (the lock was read, not
+    /// vouched for by a claim) and answer a failure with [`Manager::handle_lease_lapsed`].
+    KeepLeaseAlive {
+        /// The lease (hexadecimal).
+        lease: String,
+        /// The etcdctl environment.
+        env: Vec<(String, String)>,
+        /// Renew once, synchronously, before starting.
+        renew_first: bool,
+    },
     /// Make sure this unit's etcd worker runs (clearing any stop request); answer failures
     /// with [`Manager::handle_worker_start_failed`].
     StartWorker,
@@ -303,6 +315,8 @@ pub struct Manager {
     awaiting: Option<Grant>,
     /// The etcd op (key, op) the running callback executes.
     awaiting_etcd: Option<(String, Operation)>,
+    /// The plain finalize to run if handing the lock over fails.
+    etcd_plain_release: Option<String>,
     /// The health check running for the gate of this grant.
     awaiting_health: Option<(Grant, crate::features::HealthGate)>,
     /// The leader runs a finished roll's completion callback.
@@ -373,6 +387,7 @@ impl Manager {
             commands: VecDeque::new(),
             awaiting: None,
             awaiting_etcd: None,
+            etcd_plain_release: None,
             awaiting_health: None,
             awaiting_roll_notice: false,
             engaged: std::cell::OnceCell::new(),

@@ -366,6 +366,11 @@ impl StartedEtcdctl {
         })
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kill the process and reap it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -488,6 +493,68 @@ mod tests {
             .run_etcdctl(&["sleep".into()], &[], None, Duration::from_millis(200))
             .unwrap();
         assert!(slow.timed_out && slow.code == -1);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Running (not dead, not a zombie).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn a_started_etcdctl_waits_for_its_input_and_dies_with_its_handle_or_its_parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_dir("started");
+        let bin = root.join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = bin.join("etcdctl");
+        // `txn`: one line of input echoed; `keep`: runs until killed (like keep-alive).
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ncase \"$1\" in\n  txn) read -r line; echo \"got $line\";;\n  keep) exec sleep 30;;\nesac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sandbox = Sandbox::new(&root, root.join("base"));
+        let long = Duration::from_secs(5);
+
+        let txn = sandbox.start_etcdctl(&["txn".into()], &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(alive(txn.id()), "it did not wait for its input");
+        let out = txn.finish(Some("body\n"), long).unwrap();
+        assert_eq!((out.code, out.stdout.as_str()), (0, "got body\n"));
+
+        let keep = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
+        let pid = keep.id();
+        assert!(alive(pid));
+        drop(keep);
+        assert!(!alive(pid), "dropping the handle left it running");
+
+        // The thread that started it ends without a word (the hook process dying): the
+        // kernel kills it (PR_SET_PDEATHSIG), so a keep-alive cannot outlive its hook.
+        let orphan = {
+            let sandbox = sandbox.clone();
+            std::thread::spawn(move || {
+                let keep = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
+                let pid = keep.id();
+                std::mem::forget(keep);
+                pid
+            })
+            .join()
+            .unwrap()
+        };
+        let deadline = std::time::Instant::now() + long;
+        while alive(orphan) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(orphan), "it outlived the thread that started it");
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -6,10 +6,10 @@
 //! exactly as the component's `run-worker` does (etcdctl calls and watches through the host
 //! library's [`Sandbox`]; the lock transaction's etcdctl started while the watch runs, as
 //! the driver's `Prepared` does), and plays the lock-granted hook with the manager's own
-//! etcd steps ([`turn`]: the worker's claim taken at its word while the lease certainly
-//! lives, else one read; the finalize transaction's etcdctl started before the callback).
-//! Only the hook's process start (juju-exec, the charm) is left out, so the numbers are the
-//! lock protocol's.
+//! etcd steps ([`turn`], [`handoff`]: one read, with the waiters' registrations; the lease
+//! kept alive during the callback; the finalize's etcdctl started before the callback; the
+//! lock handed to the oldest waiter in the finalize). Only the hook's process
+//! start (juju-exec, the charm) is left out, so the numbers are the lock protocol's.
 //!
 //! A hand-off is the time from one critical section ending to the next one starting in a
 //! different unit. The rollingops hand-off is also split into its steps, and the cost of
@@ -25,9 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rollingops::sandbox::{Sandbox, StartedEtcdctl};
+use rollingops_guest::etcd::handoff;
 use rollingops_guest::etcd::keys::{Keys, owner};
 use rollingops_guest::etcd::queue::finalize;
-use rollingops_guest::etcd::turn;
+use rollingops_guest::etcd::turn::{self, WorkerClaim};
 use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use rollingops_guest::{Operation, OperationResult, Timestamp};
 use rollingops_tests::etcd_cluster::Etcd;
@@ -98,51 +99,68 @@ fn charm_dir() -> PathBuf {
     dir
 }
 
-/// The lock-granted hook's etcd part, as the manager runs it: read, run, finalize.
+/// The lock-granted hook's etcd part, as the manager runs it: read the lock, the op and the
+/// waiters' registrations; keep the lease alive during the callback (renewed first unless
+/// the worker's claim vouches for it); the finalize's etcdctl started before the callback;
+/// then hand the lock to the oldest waiter, or release it.
 fn hook(
     sandbox: &Sandbox,
     env: &[(String, String)],
     keys: &Keys,
     owner: &str,
-    claim: Option<(String, Operation, u64)>,
+    claim: Option<WorkerClaim>,
     unit: usize,
     marks: &Marks,
 ) {
-    let claimed = claim.as_ref().map(|(_, op, _)| op.op_id());
-    // As the driver's `load`: a claim still within its lease's certain life is taken at its
-    // word (the finalize below, guarded by the owner, still proves the lock was held);
-    // otherwise etcd is read.
-    let (key, op) = match claim.filter(|(_, _, certain_ms)| *certain_ms > 0) {
-        Some((key, op, _)) => (key, op),
-        None => {
-            let read = turn::read(keys);
-            let (args, stdin) = read.argv();
-            let out = output(sandbox.run_etcdctl(&args, env, stdin.as_deref(), ETCDCTL_TIMEOUT));
-            assert_eq!(out.code, 0, "{}", out.stderr);
-            let facts = turn::parse(&out.stdout).expect("facts");
-            assert_eq!(
-                facts.lock_holder.as_deref(),
-                Some(owner),
-                "a hook ran without the lock"
-            );
-            facts.inprogress.expect("a claimed op")
-        }
-    };
-    // As the manager asks (`Command::PrepareEtcdctl`): the finalize's process starts before
-    // the callback.
+    let read = turn::read(keys);
+    let (args, stdin) = read.argv();
+    let out = output(sandbox.run_etcdctl(&args, env, stdin.as_deref(), ETCDCTL_TIMEOUT));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let facts = turn::parse(&out.stdout).expect("facts");
+    assert_eq!(
+        facts.lock_holder.as_deref(),
+        Some(owner),
+        "a hook ran without the lock"
+    );
+    let (key, op) = facts.inprogress.clone().expect("a claimed op");
+    let lease = facts.lock_lease.clone().expect("a leased lock");
+    let now = (now_ns() / 1000) as i64;
+    let worker_waits = claim.as_ref().is_some_and(|c| c.op_id == op.op_id());
+    let vouched = claim.is_some_and(|c| c.op_id == op.op_id() && c.vouches_for(&lease, now));
+    if !vouched {
+        let renewed = output(sandbox.run_etcdctl(
+            &Call::KeepAlive(lease.clone()).argv().0,
+            env,
+            None,
+            ETCDCTL_TIMEOUT,
+        ));
+        assert_eq!(renewed.code, 0, "{}", renewed.stderr);
+    }
+    let keep_alive = sandbox
+        .start_etcdctl(&["lease".into(), "keep-alive".into(), lease], env)
+        .expect("start");
     let finalize_txn = sandbox.start_etcdctl(&["txn".into()], env).expect("start");
     marks.lock().unwrap().push((unit, Mark::Start, now_ns()));
     std::thread::sleep(HOLD);
     marks.lock().unwrap().push((unit, Mark::End, now_ns()));
     let done = finalize(&op, OperationResult::Release);
-    let worker_waits = claimed == Some(op.op_id());
-    let body = turn::finalize_body(keys, owner, &key, &done, worker_waits);
-    let out = output(finalize_txn.finish(Some(&body), ETCDCTL_TIMEOUT));
-    assert_eq!(out.stdout.lines().next(), Some("SUCCESS"), "{}", out.stderr);
+    let successor = handoff::successor(keys, owner, &facts.waiters)
+        .filter(|_| worker_waits && turn::releases(&done));
+    let plain = turn::finalize_body(keys, owner, &key, &done, worker_waits);
+    let handed = successor.is_some_and(|to| {
+        let body = turn::hand_over_body(keys, owner, &key, &done, &to);
+        let out = output(finalize_txn.finish(Some(&body), ETCDCTL_TIMEOUT));
+        out.stdout.lines().next() == Some("SUCCESS")
+    });
+    if !handed {
+        let out = output(sandbox.run_etcdctl(&["txn".into()], env, Some(&plain), ETCDCTL_TIMEOUT));
+        assert_eq!(out.stdout.lines().next(), Some("SUCCESS"), "{}", out.stderr);
+    }
     marks
         .lock()
         .unwrap()
         .push((unit, Mark::Finalized, now_ns()));
+    drop(keep_alive);
 }
 
 fn rollingops(etcd: &Etcd, marks: Marks) {
@@ -220,13 +238,23 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
                                     .unwrap()
                                     .push((unit, Mark::WatchedLock, now_ns()));
                             }
+                            let was_holding = worker.holding();
                             worker.handle(out);
+                            if !was_holding && worker.holding() {
+                                // Handed over: the watch itself brought the lock.
+                                marks.lock().unwrap().push((unit, Mark::Acquired, now_ns()));
+                            }
                         }
                         Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
                         Step::Dispatch(event) => {
                             assert_eq!(event, LOCK_GRANTED_HOOK);
                             // What the driver writes to the claim file before dispatching.
-                            let claim = worker.claim().map(|(key, op, ms)| (key, op.clone(), ms));
+                            let now = (now_ns() / 1000) as i64;
+                            let claim = worker.claim().map(|c| WorkerClaim {
+                                op_id: c.op.op_id(),
+                                lease: c.lease,
+                                lease_certain_until_micros: now + c.certain_ms as i64 * 1000,
+                            });
                             hook(&sandbox, &env, &keys, &owner, claim, unit, &marks);
                         }
                         Step::Exit(result) => {
@@ -334,12 +362,12 @@ fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, 
     };
     let mut parts: Vec<(&'static str, Vec<f64>)> = vec![
         (
-            "section end -> holder's finalize+release txn returned",
+            "section end -> holder's hand-over (or release) returned",
             vec![],
         ),
         ("-> waiter's watch returned", vec![]),
-        ("-> waiter's lock+claim txn returned", vec![]),
-        ("-> next section starts (the hook trusts the claim)", vec![]),
+        ("-> waiter holds the lock (handed: at once)", vec![]),
+        ("-> hook read etcd, next section starts", vec![]),
     ];
     for pair in sections.windows(2).filter(|p| p[1].0 != p[0].0) {
         let (a, b) = (pair[0], pair[1]);

@@ -1,7 +1,9 @@
 //! etcdctl invocations started ahead of need: the process start-up and the TLS connection
 //! (`etcdctl txn` connects before it reads its body) happen while nothing waits on them, so
 //! the call itself costs about one round trip. Used where a hand-off waits on the call: the
-//! worker's lock transaction after a watch, the hook's finalize after the callback.
+//! worker's lock transaction after a watch, the hook's finalize after the callback (and the
+//! registrations read during it). Also holds the `lease keep-alive` a hook runs while its
+//! callback does, so that all of them end with the hook's commands.
 
 use super::Effects;
 use crate::error::Error;
@@ -48,7 +50,19 @@ impl Prepared {
         fx.run_etcdctl(args, env, stdin, timeout_ms)
     }
 
-    /// Kill whatever is still waiting.
+    /// Start `args` to run until [`Prepared::stop_all`] (a `lease keep-alive`).
+    pub fn keep_running(
+        &mut self,
+        fx: &mut impl Effects,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), Error> {
+        let handle = fx.start_etcdctl(args, env)?;
+        self.waiting.push(((args.to_vec(), env.to_vec()), handle));
+        Ok(())
+    }
+
+    /// Kill whatever is still waiting or running.
     pub fn stop_all(&mut self, fx: &mut impl Effects) {
         for (_, handle) in self.waiting.drain(..) {
             fx.stop_etcdctl(handle);

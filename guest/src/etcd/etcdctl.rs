@@ -101,6 +101,10 @@ pub struct Kv {
     pub value: String,
     /// The lease it is attached to, in etcdctl's hexadecimal form (empty: none).
     pub lease: String,
+    /// The revision that created it (0 when not reported).
+    pub create_revision: u64,
+    /// The revision of its last change (0 when not reported).
+    pub mod_revision: u64,
 }
 
 /// Parse `etcdctl -w json txn` output (keys and values are base64 there).
@@ -121,30 +125,86 @@ pub fn parse_txn_json(stdout: &str) -> Result<TxnReply, ParseError> {
     let mut ranges = Vec::new();
     for response in reply["responses"].as_array().into_iter().flatten() {
         let kvs = response["Response"]["ResponseRange"]["kvs"].as_array();
-        let mut pairs = Vec::new();
-        for kv in kvs.into_iter().flatten() {
-            let text = |field: &str| -> Result<String, ParseError> {
-                let raw = kv[field].as_str().unwrap_or("");
-                let bytes = base64_decode(raw).ok_or_else(|| bad("bad base64"))?;
-                String::from_utf8(bytes).map_err(|_| bad("not UTF-8"))
-            };
-            pairs.push(Kv {
-                key: text("key")?,
-                value: text("value")?,
-                lease: kv["lease"]
-                    .as_i64()
-                    .filter(|id| *id != 0)
-                    .map(|id| format!("{:x}", id as u64))
-                    .unwrap_or_default(),
-            });
-        }
-        ranges.push(pairs);
+        let pairs: Result<Vec<Kv>, ParseError> = kvs
+            .into_iter()
+            .flatten()
+            .map(|kv| parse_kv(kv, stdout))
+            .collect();
+        ranges.push(pairs?);
     }
     Ok(TxnReply {
         succeeded,
         revision,
         ranges,
     })
+}
+
+/// One key of a JSON reply (key and value are base64 there, the lease a decimal number).
+fn parse_kv(kv: &serde_json::Value, whole: &str) -> Result<Kv, ParseError> {
+    let text = |field: &str| -> Result<String, ParseError> {
+        let raw = kv[field].as_str().unwrap_or("");
+        let bad =
+            |why: &str| ParseError(format!("Unexpected etcdctl JSON ({why}): {}", whole.trim()));
+        let bytes = base64_decode(raw).ok_or_else(|| bad("bad base64"))?;
+        String::from_utf8(bytes).map_err(|_| bad("not UTF-8"))
+    };
+    Ok(Kv {
+        key: text("key")?,
+        value: text("value")?,
+        lease: kv["lease"]
+            .as_i64()
+            .filter(|id| *id != 0)
+            .map(|id| format!("{:x}", id as u64))
+            .unwrap_or_default(),
+        create_revision: kv["create_revision"].as_u64().unwrap_or(0),
+        mod_revision: kv["mod_revision"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Parse `etcdctl get … -w json` output: the store revision and every key returned.
+pub fn parse_get_json(stdout: &str) -> Result<(u64, Vec<Kv>), ParseError> {
+    let reply: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|_| ParseError(format!("Unexpected get response: {}", stdout.trim())))?;
+    let revision = reply["header"]["revision"].as_u64().unwrap_or(0);
+    let kvs: Result<Vec<Kv>, ParseError> = reply["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| parse_kv(kv, stdout))
+        .collect();
+    Ok((revision, kvs?))
+}
+
+/// One event reported by `etcdctl -w json watch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// A deletion (else a put).
+    pub deleted: bool,
+    /// The key after the event (value and lease empty for a deletion).
+    pub kv: Kv,
+}
+
+/// The events on the first line of `etcdctl -w json watch` output (one watch response per
+/// line); empty when the watch ended without one.
+pub fn parse_watch_events(stdout: &str) -> Vec<WatchEvent> {
+    let Some(line) = stdout.lines().next() else {
+        return vec![];
+    };
+    let Ok(reply) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+        return vec![];
+    };
+    reply["Events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|event| {
+            Some(WatchEvent {
+                // Go's encoder leaves out the zero value, PUT.
+                deleted: event["type"].as_i64() == Some(1),
+                kv: parse_kv(&event["kv"], line).ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Standard base64 (with padding), as Go's encoding/json writes byte slices.
@@ -174,17 +234,38 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A `watch` that returned: did it report an event (its first line), or end without one?
+/// A `-w json watch` that returned: did it report an event, or end without one?
 pub fn watch_saw_event(stdout: &str) -> bool {
-    matches!(
-        stdout.lines().next().map(str::trim),
-        Some("PUT") | Some("DELETE")
-    )
+    !parse_watch_events(stdout).is_empty()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_and_get_json_as_etcdctl_3_4_prints_them() {
+        // Captured from etcdctl 3.4: a put, then a delete, of key `k`.
+        let put = r#"{"Header":{"cluster_id":1,"member_id":2,"revision":2,"raft_term":2},"Events":[{"kv":{"key":"aw==","create_revision":2,"mod_revision":2,"version":1,"value":"djE=","lease":7587893136398172714}}],"CompactRevision":0,"Canceled":false,"Created":false}"#;
+        let delete = r#"{"Header":{"cluster_id":1,"member_id":2,"revision":3,"raft_term":2},"Events":[{"type":1,"kv":{"key":"aw==","mod_revision":3}}],"CompactRevision":0,"Canceled":false,"Created":false}"#;
+        let events = parse_watch_events(&format!("{put}\n{delete}\n"));
+        assert_eq!(events.len(), 1, "the first line only");
+        assert!(!events[0].deleted);
+        assert_eq!(
+            (events[0].kv.value.as_str(), events[0].kv.lease.as_str()),
+            ("v1", "694d9c9aeca3422a")
+        );
+        assert_eq!(events[0].kv.mod_revision, 2);
+        let events = parse_watch_events(delete);
+        assert!(events[0].deleted && events[0].kv.key == "k" && events[0].kv.mod_revision == 3);
+        assert!(watch_saw_event(put) && !watch_saw_event("") && !watch_saw_event("Error: x"));
+        let get = r#"{"header":{"revision":7},"kvs":[{"key":"aw==","create_revision":5,"mod_revision":6,"version":2,"value":"djE="}],"count":1}"#;
+        let (revision, kvs) = parse_get_json(get).unwrap();
+        assert_eq!((revision, kvs.len(), kvs[0].create_revision), (7, 1, 5));
+        let (_, none) = parse_get_json(r#"{"header":{"revision":7}}"#).unwrap();
+        assert!(none.is_empty());
+        assert!(parse_get_json("oops").is_err());
+    }
 
     #[test]
     fn s4_2_retry_classification() {
@@ -242,16 +323,18 @@ mod tests {
         let reply = parse_txn_json(failed).unwrap();
         assert!(!reply.succeeded);
         assert_eq!(reply.revision, 2);
-        let kv = |key: &str, value: &str, lease: &str| Kv {
+        let kv = |key: &str, value: &str, lease: &str, revision: u64| Kv {
             key: key.into(),
             value: value.into(),
             lease: lease.into(),
+            create_revision: revision,
+            mod_revision: revision,
         };
-        assert_eq!(reply.ranges, vec![vec![kv("/l/", "me", "")]]);
+        assert_eq!(reply.ranges, vec![vec![kv("/l/", "me", "", 2)]]);
         let leased = r#"{"header":{"revision":9},"responses":[{"Response":{"ResponseRange":{"header":{"revision":9},"kvs":[{"key":"L2wv","create_revision":9,"mod_revision":9,"version":1,"value":"bWU=","lease":7587893136398172714}],"count":1}}}]}"#;
         assert_eq!(
             parse_txn_json(leased).unwrap().ranges,
-            vec![vec![kv("/l/", "me", "694d9c9aeca3422a")]]
+            vec![vec![kv("/l/", "me", "694d9c9aeca3422a", 9)]]
         );
         let put = r#"{"header":{"cluster_id":1,"member_id":2,"revision":3,"raft_term":2},"succeeded":true,"responses":[{"Response":{"ResponsePut":{"header":{"revision":3}}}}]}"#;
         let reply = parse_txn_json(put).unwrap();
@@ -261,18 +344,11 @@ mod tests {
         let reply = parse_txn_json(reads).unwrap();
         assert_eq!(
             reply.ranges,
-            vec![vec![kv("/p/a", r#"{"x":1}"#, "")], vec![]]
+            vec![vec![kv("/p/a", r#"{"x":1}"#, "", 4)], vec![]]
         );
         assert!(parse_txn_json("SUCCESS\n").is_err());
         assert_eq!(base64_decode("YQ").unwrap(), b"a");
         assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
         assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
-    }
-
-    #[test]
-    fn watch_events() {
-        assert!(watch_saw_event("DELETE\n/l/\n"));
-        assert!(watch_saw_event("PUT\n/l/\nme\n"));
-        assert!(!watch_saw_event(""));
     }
 }

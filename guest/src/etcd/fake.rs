@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use super::worker::{Call, Output};
 
+/// A key's value and lease.
+type Entry = (String, Option<u64>);
+
 #[derive(Default)]
 pub(crate) struct FakeEtcd {
     pub(crate) kv: BTreeMap<String, (String, Option<u64>)>,
@@ -15,8 +18,10 @@ pub(crate) struct FakeEtcd {
     pub(crate) unavailable: bool,
     /// The store revision (bumped once per write, as etcd does per transaction).
     pub(crate) revision: u64,
-    /// Every change: (revision, key, deleted).
-    history: Vec<(u64, String, bool)>,
+    /// Every change: (revision, key, value and lease after it; none for a deletion).
+    history: Vec<(u64, String, Option<Entry>)>,
+    /// Each live key's create revision.
+    created: BTreeMap<String, u64>,
 }
 
 fn ok(stdout: String) -> Output {
@@ -106,8 +111,7 @@ impl FakeEtcd {
             self.revision += 1;
         }
         for key in doomed {
-            self.kv.remove(&key);
-            self.history.push((self.revision, key, true));
+            self.write(&key, None);
         }
     }
 
@@ -130,15 +134,55 @@ impl FakeEtcd {
     /// Apply one change at the current revision.
     fn write(&mut self, key: &str, value: Option<(String, Option<u64>)>) {
         self.history
-            .push((self.revision, key.to_string(), value.is_none()));
+            .push((self.revision, key.to_string(), value.clone()));
         match value {
             Some(value) => {
+                self.created.entry(key.into()).or_insert(self.revision);
                 self.kv.insert(key.into(), value);
             }
             None => {
+                self.created.remove(key);
                 self.kv.remove(key);
             }
         }
+    }
+
+    fn kv_json(
+        &self,
+        key: &str,
+        value: &str,
+        lease: Option<u64>,
+        mod_revision: u64,
+    ) -> serde_json::Value {
+        let mut kv = serde_json::json!({
+            "key": base64(key),
+            "value": base64(value),
+            "create_revision": self.created.get(key).copied().unwrap_or(0),
+            "mod_revision": mod_revision,
+        });
+        if let Some(lease) = lease {
+            kv["lease"] = lease.into();
+        }
+        kv
+    }
+
+    /// What `etcdctl get <prefix> --prefix -w json` prints.
+    pub(crate) fn range_json(&self, prefix: &str) -> Output {
+        if self.unavailable {
+            return err("Error: context deadline exceeded");
+        }
+        let kvs: Vec<serde_json::Value> = self
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, lease))| self.kv_json(k, v, *lease, 0))
+            .collect();
+        let mut reply = serde_json::json!({"header": {"revision": self.revision}});
+        if !kvs.is_empty() {
+            reply["count"] = kvs.len().into();
+            reply["kvs"] = kvs.into();
+        }
+        ok(format!("{reply}\n"))
     }
 
     pub(crate) fn first(&self, prefix: &str) -> Option<(String, String)> {
@@ -149,17 +193,23 @@ impl FakeEtcd {
             .map(|(k, (v, _))| (k.clone(), v.clone()))
     }
 
-    /// What `etcdctl watch <key> --rev=<from>` prints first, if an event is in the history.
+    /// What `etcdctl -w json watch <key> --rev=<from>` prints first, if an event is in the
+    /// history.
     pub(crate) fn watch_event(&self, key: &str, from_revision: u64) -> Option<Output> {
         self.history
             .iter()
             .find(|(rev, k, _)| *rev >= from_revision && k == key)
-            .map(|(_, k, deleted)| {
-                if *deleted {
-                    ok(format!("DELETE\n{k}\n"))
-                } else {
-                    ok(format!("PUT\n{k}\n{}\n", self.get(k).unwrap_or("")))
-                }
+            .map(|(rev, k, after)| {
+                let event = match after {
+                    None => {
+                        serde_json::json!({"type": 1, "kv": {"key": base64(k), "mod_revision": rev}})
+                    }
+                    Some((value, lease)) => {
+                        serde_json::json!({"kv": self.kv_json(k, value, *lease, *rev)})
+                    }
+                };
+                let reply = serde_json::json!({"Header": {"revision": rev}, "Events": [event]});
+                ok(format!("{reply}\n"))
             })
     }
 
@@ -227,11 +277,8 @@ impl FakeEtcd {
                     let kvs: Vec<serde_json::Value> = kvs
                         .iter()
                         .map(|(k, v)| {
-                            let mut kv = serde_json::json!({"key": base64(k), "value": base64(v)});
-                            if let Some(Some(lease)) = self.kv.get(k).map(|(_, lease)| *lease) {
-                                kv["lease"] = lease.into();
-                            }
-                            kv
+                            let lease = self.kv.get(k).and_then(|(_, lease)| *lease);
+                            self.kv_json(k, v, lease, 0)
                         })
                         .collect();
                     serde_json::json!({"Response": {"ResponseRange": {"kvs": kvs}}})
@@ -306,12 +353,21 @@ impl FakeEtcd {
                     responses.push(None);
                 }
                 "get" => {
-                    let found = if t.iter().any(|f| f == "--prefix") {
-                        self.first(&t[1])
+                    let found: Vec<(String, String)> = if t.iter().any(|f| f == "--limit=1") {
+                        self.first(&t[1]).into_iter().collect()
+                    } else if t.iter().any(|f| f == "--prefix") {
+                        self.kv
+                            .range(t[1].clone()..)
+                            .take_while(|(k, _)| k.starts_with(&t[1]))
+                            .map(|(k, (v, _))| (k.clone(), v.clone()))
+                            .collect()
                     } else {
-                        self.get(&t[1]).map(|v| (t[1].clone(), v.to_string()))
+                        self.get(&t[1])
+                            .map(|v| (t[1].clone(), v.to_string()))
+                            .into_iter()
+                            .collect()
                     };
-                    responses.push(Some(found.into_iter().collect()));
+                    responses.push(Some(found));
                 }
                 other => panic!("txn op {other}"),
             }

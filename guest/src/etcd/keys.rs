@@ -16,6 +16,10 @@ pub struct Keys {
     pub inprogress: String,
     /// The op executed and awaiting post-processing.
     pub completed: String,
+    /// Prefix of the waiters' registrations (one key per waiting owner), through which a
+    /// releasing unit hands the lock straight to the longest-waiting one (see
+    /// [`crate::etcd::handoff`]). Not part of the reference's layout; it ignores these keys.
+    pub waiting: String,
 }
 
 impl Keys {
@@ -27,8 +31,21 @@ impl Keys {
             pending: format!("{cluster_prefix}{owner}/pending/"),
             inprogress: format!("{cluster_prefix}{owner}/inprogress/"),
             completed: format!("{cluster_prefix}{owner}/completed/"),
+            waiting: format!("{cluster_prefix}waiting/"),
             cluster_prefix,
         }
+    }
+}
+
+impl Keys {
+    /// The registration key of `owner` while it waits for the lock.
+    pub fn waiting_entry(&self, owner: &str) -> String {
+        format!("{}{owner}", self.waiting)
+    }
+
+    /// The in-progress key of `owner`'s op `op_id` (any owner in this cluster).
+    pub fn inprogress_of(&self, owner: &str, op_id: &str) -> String {
+        format!("{}{owner}/inprogress/{op_id}", self.cluster_prefix)
     }
 }
 

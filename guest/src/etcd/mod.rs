@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod etcdctl;
+pub mod handoff;
 pub mod keys;
 pub mod queue;
 pub mod turn;

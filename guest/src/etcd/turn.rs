@@ -12,90 +12,106 @@ use crate::op::{Operation, OperationResult};
 pub struct EtcdFacts {
     /// Value of the cluster's lock key (`None`: nobody holds it).
     pub lock_holder: Option<String>,
+    /// The lease the lock key is bound to (hexadecimal), when held under one.
+    pub lock_lease: Option<String>,
     /// The op this unit's worker claimed, with its key.
     pub inprogress: Option<(String, Operation)>,
     /// The first op waiting in this unit's `pending` queue.
     pub pending_head: Option<(String, Operation)>,
-    /// The op id this implementation's worker says it claimed (its claim file), if any.
-    pub worker_claim: Option<String>,
+    /// An op the hook finished that a worker has not post-processed (a worker died).
+    pub completed_head: Option<(String, Operation)>,
+    /// The waiters' registrations (see [`crate::etcd::handoff`]).
+    pub waiters: Vec<etcdctl::Kv>,
+    /// What this implementation's worker says it claimed (its claim file), if anything.
+    pub worker_claim: Option<WorkerClaim>,
 }
 
 /// What a worker of this implementation writes to its claim file
 /// ([`crate::etcd::worker::CLAIM_FILE`]) before it dispatches the lock-granted hook: the op
-/// it claimed under the lock, and until when that lock is certainly its own. The lock is
-/// the worker's lease's: it ends only when the worker releases it (it never does while a
-/// claim is out — a stopping worker first removes the file) or when the lease lapses, which
-/// cannot happen before the last renewal as sent plus the TTL. Within that time the hook can
-/// run the op on the claim's word instead of reading etcd — one etcdctl process less between
-/// two units' critical sections. The hook consumes the claim (removes the file) before it
-/// trusts it, so a claim serves one hook.
-#[derive(Clone, Debug, PartialEq)]
+/// it claimed (so the hook knows this worker waits for its result and may release the lock,
+/// or hand it over, with it), the lease the lock is bound to, and until when that lease
+/// certainly lives — its last renewal as sent plus the TTL, less a margin. A hook that read
+/// the lock held under that lease before then need not renew it before the callback (one
+/// etcdctl round trip less between two units' critical sections); it keeps it alive while
+/// the callback runs either way.
+///
+/// The claim vouches for the lease, not for the lock: the hook always reads the lock and
+/// the op from etcd. (Taking the op from the claim would skip that read, but a stale
+/// lock-granted hook — from a worker that died, or a re-dispatch — could then run the same
+/// op as the one the claim was written for; the seeded search in the worker's tests finds
+/// such interleavings.)
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerClaim {
-    /// The lock's owner string.
-    pub owner: String,
-    /// The claimed op's in-progress key.
-    pub key: String,
-    /// The claimed op.
-    pub op: Operation,
-    /// Until when (microseconds since the epoch) the lock is certainly held.
-    pub held_until_micros: i64,
+    /// The claimed op's id.
+    pub op_id: String,
+    /// The lease the lock key is bound to (hexadecimal).
+    pub lease: String,
+    /// Until when (microseconds since the epoch) the lease certainly lives.
+    pub lease_certain_until_micros: i64,
 }
 
 impl WorkerClaim {
     /// The file's content.
     pub fn encode(&self) -> String {
         serde_json::json!({
-            "owner": self.owner,
-            "key": self.key,
-            "op": self.op.to_json(),
-            "held_until_micros": self.held_until_micros,
+            "op_id": self.op_id,
+            "lease": self.lease,
+            "lease_certain_until_micros": self.lease_certain_until_micros,
         })
         .to_string()
     }
 
-    /// Read a claim file: the claim, if it is one of this format.
-    pub fn decode(text: &str) -> Option<WorkerClaim> {
-        let value: serde_json::Value = serde_json::from_str(text).ok()?;
-        let field = |name: &str| value.get(name).and_then(|v| v.as_str());
-        Some(WorkerClaim {
-            owner: field("owner")?.to_string(),
-            key: field("key")?.to_string(),
-            op: Operation::from_json(field("op")?).ok()?,
-            held_until_micros: value.get("held_until_micros")?.as_i64()?,
-        })
-    }
-
-    /// The claimed op's id in a claim file of any version (earlier ones held the id alone).
-    pub fn op_id_in(text: &str) -> String {
-        WorkerClaim::decode(text)
-            .map(|claim| claim.op.op_id())
-            .unwrap_or_else(|| text.trim().to_string())
-    }
-
-    /// The facts a hook takes from a claim it trusts: the lock is `owner`'s and the op is in
-    /// progress. (The pending head is not known; it only matters when nothing is claimed.)
-    pub fn facts(self) -> EtcdFacts {
-        let op_id = self.op.op_id();
-        EtcdFacts {
-            lock_holder: Some(self.owner),
-            inprogress: Some((self.key, self.op)),
-            pending_head: None,
-            worker_claim: Some(op_id),
+    /// Read a claim file. Earlier versions wrote the op id alone, which is read as a claim
+    /// that vouches for no lease.
+    pub fn decode(text: &str) -> WorkerClaim {
+        let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+        let field = |name: &str| value.as_ref()?.get(name)?.as_str().map(str::to_string);
+        match (
+            field("op_id"),
+            field("lease"),
+            value
+                .as_ref()
+                .and_then(|v| v.get("lease_certain_until_micros")?.as_i64()),
+        ) {
+            (Some(op_id), Some(lease), Some(until)) => WorkerClaim {
+                op_id,
+                lease,
+                lease_certain_until_micros: until,
+            },
+            _ => WorkerClaim {
+                op_id: text.trim().to_string(),
+                lease: String::new(),
+                lease_certain_until_micros: 0,
+            },
         }
+    }
+
+    /// Whether this claim vouches, at `now_micros`, for `lease` living on.
+    pub fn vouches_for(&self, lease: &str, now_micros: i64) -> bool {
+        !self.lease.is_empty()
+            && self.lease == lease
+            && now_micros < self.lease_certain_until_micros
     }
 }
 
-/// The lock's holder and the heads of `inprogress` and `pending`, in one transaction
+/// The lock's holder, the heads of `inprogress`, `pending` and `completed`, and the waiters'
+/// registrations, in one transaction
 /// (the reference reads them with three `get`s).
 pub fn read(keys: &Keys) -> Call {
-    Call::TxnJson(txn::read_turn(&keys.lock, &keys.inprogress, &keys.pending))
+    Call::TxnJson(txn::read_turn(
+        &keys.lock,
+        &keys.inprogress,
+        &keys.pending,
+        &keys.completed,
+        &keys.waiting,
+    ))
 }
 
 /// The answer to [`read`]; `worker_claim` is left for the caller.
 pub fn parse(stdout: &str) -> Result<EtcdFacts, String> {
     let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
-    let [lock, inprogress, pending] = reply.ranges.as_slice() else {
-        return Err(format!("expected three reads, got {}", reply.ranges.len()));
+    let [lock, inprogress, pending, completed, waiting] = reply.ranges.as_slice() else {
+        return Err(format!("expected five reads, got {}", reply.ranges.len()));
     };
     let op = |kvs: &[etcdctl::Kv]| -> Result<Option<(String, Operation)>, String> {
         kvs.first()
@@ -111,8 +127,14 @@ pub fn parse(stdout: &str) -> Result<EtcdFacts, String> {
             .first()
             .map(|kv| kv.value.clone())
             .filter(|v| !v.is_empty()),
+        lock_lease: lock
+            .first()
+            .map(|kv| kv.lease.clone())
+            .filter(|l| !l.is_empty()),
         inprogress: op(inprogress)?,
         pending_head: op(pending)?,
+        completed_head: op(completed)?,
+        waiters: waiting.clone(),
         worker_claim: None,
     })
 }
@@ -147,6 +169,34 @@ pub fn finalize_body(
             &done.to_json(),
         ),
     }
+}
+
+/// Whether a finished op (after [`crate::etcd::queue::finalize`]) lets the lock go: the
+/// cases where the hook releases, or hands over, when its worker waits.
+pub fn releases(done: &Operation) -> bool {
+    matches!(
+        done.result,
+        Some(OperationResult::Release) | Some(OperationResult::RetryRelease)
+    )
+}
+
+/// The finalize that hands the lock to `to` instead of releasing it (only when
+/// [`releases`], and when this implementation's worker claimed the op): the writes of
+/// [`finalize_body`]'s release, plus the successor's claim and lock.
+pub fn hand_over_body(
+    keys: &Keys,
+    owner: &str,
+    key: &str,
+    done: &Operation,
+    to: &txn::Successor,
+) -> String {
+    let back = format!("{}{}", keys.pending, done.op_id());
+    let value = done.to_json();
+    let own = match done.result {
+        Some(OperationResult::RetryRelease) => txn::OwnOp::Requeue(&back, &value),
+        _ => txn::OwnOp::Drop,
+    };
+    txn::hand_over(&keys.lock, owner, key, own, to)
 }
 
 #[cfg(test)]

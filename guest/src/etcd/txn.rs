@@ -56,6 +56,14 @@ fn put(key: &str, value: &str) -> String {
     format!("put {} {}", go_quote(key), go_quote(value))
 }
 
+fn put_leased(key: &str, value: &str, lease_hex: &str) -> String {
+    format!(
+        "put {} {} --lease={lease_hex}",
+        go_quote(key),
+        go_quote(value)
+    )
+}
+
 /// T1: take the lock if nobody holds it, bound to `lease_hex`.
 pub fn acquire(lock: &str, owner: &str, lease_hex: &str) -> String {
     body(
@@ -121,7 +129,9 @@ pub fn acquire_or_read(lock: &str, owner: &str, lease_hex: &str) -> String {
 
 /// T1 followed by T3 pending→inprogress: take the free lock and claim `from_key` in one
 /// round trip. On failure the lock key is read (`get`), so the caller can tell "held by
-/// someone" (watch it) from "free but the op is gone" (look at the queue again).
+/// someone" (watch it) from "free but the op is gone" (look at the queue again), and the
+/// caller is registered as a waiter (`waiting`: its registration key and value, bound to
+/// its lease), so that the holder can hand the lock over; success removes the registration.
 pub fn acquire_and_claim(
     lock: &str,
     owner: &str,
@@ -129,6 +139,7 @@ pub fn acquire_and_claim(
     from_key: &str,
     to_key: &str,
     value: &str,
+    waiting: (&str, &str),
 ) -> String {
     body_with_failure(
         &[
@@ -136,16 +147,91 @@ pub fn acquire_and_claim(
             exists(from_key),
         ],
         &[
-            format!(
-                "put {} {} --lease={lease_hex}",
-                go_quote(lock),
-                go_quote(owner)
-            ),
+            put_leased(lock, owner, lease_hex),
             put(to_key, value),
             del(from_key),
+            del(waiting.0),
         ],
-        &[format!("get {}", go_quote(lock))],
+        &[
+            format!("get {}", go_quote(lock)),
+            put_leased(waiting.0, waiting.1, lease_hex),
+        ],
     )
+}
+
+/// T1 for the sync lock, registering as a waiter when the lock is held (see
+/// [`acquire_and_claim`]).
+pub fn acquire_or_register(
+    lock: &str,
+    owner: &str,
+    lease_hex: &str,
+    waiting: (&str, &str),
+) -> String {
+    body_with_failure(
+        &[format!("version({}) = \"0\"", go_quote(lock))],
+        &[put_leased(lock, owner, lease_hex), del(waiting.0)],
+        &[
+            format!("get {}", go_quote(lock)),
+            put_leased(waiting.0, waiting.1, lease_hex),
+        ],
+    )
+}
+
+/// What the releasing hook does with its own op while it hands the lock over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnOp<'a> {
+    /// Drop it (`release`).
+    Drop,
+    /// Put it back at the head of `pending` (`retry-release`): key and value.
+    Requeue(&'a str, &'a str),
+}
+
+/// The lock-granted hook's finalize that hands the lock straight to a registered waiter,
+/// all in one transaction: this owner's op dropped or requeued (as [`drop_and_release`] /
+/// [`requeue_and_release`]), the waiter's registration removed, its pending op moved to
+/// `inprogress` (T3, as its own claim would), and the lock key put to the waiter's owner
+/// under the waiter's lease (T1 as the waiter would). Guarded by this owner holding the lock
+/// and by the registration and the waiter's pending op being exactly as read (a waiter
+/// that left, or whose lease lapsed, fails the compare); on failure nothing changes and the
+/// caller releases plainly.
+pub fn hand_over(lock: &str, owner: &str, key: &str, own: OwnOp<'_>, to: &Successor) -> String {
+    let mut compares = vec![
+        owns(lock, owner),
+        exists(key),
+        format!(
+            "value({}) = {}",
+            go_quote(&to.entry),
+            go_quote(&to.registration)
+        ),
+    ];
+    let mut ops = match own {
+        OwnOp::Drop => vec![del(key)],
+        OwnOp::Requeue(back, value) => vec![put(back, value), del(key)],
+    };
+    ops.push(del(&to.entry));
+    if let Some((from, into, value)) = &to.op {
+        compares.push(format!("value({}) = {}", go_quote(from), go_quote(value)));
+        ops.push(put(into, value));
+        ops.push(del(from));
+    }
+    ops.push(put_leased(lock, &to.owner, &to.lease));
+    body(&compares, &ops)
+}
+
+/// A registered waiter, as [`hand_over`] needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Successor {
+    /// Its registration key and the registration's exact value.
+    pub entry: String,
+    /// The registration's value, compared verbatim.
+    pub registration: String,
+    /// The owner the lock key will name.
+    pub owner: String,
+    /// Its lease (hexadecimal).
+    pub lease: String,
+    /// Its pending op to claim for it: (pending key, in-progress key, op JSON); none for a
+    /// sync-lock waiter.
+    pub op: Option<(String, String, String)>,
 }
 
 /// The lock-granted hook's finalize when the op is done (`release`): T4 + T5 + T2, i.e. the
@@ -172,14 +258,23 @@ pub fn requeue_and_release(
 }
 
 /// One read of everything the lock-granted hook needs: the lock's holder and the heads of
-/// this owner's `inprogress` and `pending` queues (run with `-w json`).
-pub fn read_turn(lock: &str, inprogress: &str, pending: &str) -> String {
+/// this owner's `inprogress`, `pending` and `completed` queues, and the waiters'
+/// registrations (run with `-w json`).
+pub fn read_turn(
+    lock: &str,
+    inprogress: &str,
+    pending: &str,
+    completed: &str,
+    waiting: &str,
+) -> String {
     body(
         &[],
         &[
             format!("get {}", go_quote(lock)),
             format!("get {} --prefix --limit=1", go_quote(inprogress)),
             format!("get {} --prefix --limit=1", go_quote(pending)),
+            format!("get {} --prefix --limit=1", go_quote(completed)),
+            format!("get {} --prefix", go_quote(waiting)),
         ],
     )
 }

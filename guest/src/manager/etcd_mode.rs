@@ -13,6 +13,7 @@
 use serde_json::json;
 
 use super::{Command, LogLevel, Manager};
+use crate::etcd::handoff;
 use crate::etcd::keys::{self, Keys};
 use crate::etcd::queue::finalize;
 use crate::etcd::turn;
@@ -67,8 +68,11 @@ pub enum EtcdPurpose {
     Cleanup,
     /// Putting a new op into `pending`.
     Enqueue,
-    /// Moving the executed op to `completed` (T4).
+    /// Moving the executed op to `completed` (T4), or dropping/requeueing it and releasing.
     Finalize,
+    /// The finalize that hands the lock to a waiter (see [`crate::etcd::handoff`]); on
+    /// failure the plain one follows.
+    HandOver,
 }
 
 impl Manager {
@@ -197,15 +201,19 @@ impl Manager {
         }
         let etcd = self.etcd.clone().expect("usable");
         let (owner, _) = etcd.identity(&self.unit);
-        let facts = match etcd.facts {
+        let facts = match etcd.facts.clone() {
             Some(Ok(facts)) => facts,
             _ => EtcdFacts::default(),
         };
         let held = facts.lock_holder.as_deref() == Some(owner.as_str());
+        let work_left = facts.pending_head.is_some()
+            || facts.inprogress.is_some()
+            || facts.completed_head.is_some();
         let Some((key, op)) = facts.inprogress.filter(|_| held) else {
-            if update_status && facts.pending_head.is_some() {
-                // A worker may have died with work pending: start one (it is a no-op if one
-                // runs). The reference fell back to the peer relation here.
+            if update_status && work_left {
+                // A worker may have died with work left (queued, claimed, or finished but
+                // not post-processed): start one (it is a no-op if one runs). The reference
+                // fell back to the peer relation here.
                 self.commands.push_back(Command::StartWorker);
             }
             return;
@@ -239,6 +247,18 @@ impl Manager {
                 op.attempt + 1
             ),
         );
+        if let Some(lease) = facts.lock_lease.clone() {
+            // Renewed first unless this worker's claim vouches that the lease lives on.
+            let vouched = facts
+                .worker_claim
+                .as_ref()
+                .is_some_and(|c| c.op_id == op.op_id() && c.vouches_for(&lease, self.now.micros()));
+            self.commands.push_back(Command::KeepLeaseAlive {
+                lease,
+                env: etcd.environment.clone().unwrap_or_default(),
+                renew_first: !vouched,
+            });
+        }
         // The finalize transaction follows the callback; the next unit waits on it.
         self.commands.push_back(Command::PrepareEtcdctl {
             args: vec!["txn".into()],
@@ -252,18 +272,48 @@ impl Manager {
         self.callback_ran = true;
     }
 
+    /// Whether this implementation's worker claimed `op` and waits for its result (so the
+    /// hook may release the lock, or hand it over, with the result).
+    fn worker_waits_for(&self, op: &Operation) -> bool {
+        matches!(
+            self.etcd.as_ref().and_then(|e| e.facts.as_ref()),
+            Some(Ok(facts)) if facts.worker_claim.as_ref().is_some_and(|c| c.op_id == op.op_id())
+        )
+    }
+
     /// Finalize in etcd (T4) and mirror into the peer queue.
     pub(super) fn etcd_record(&mut self, result: OperationResult, key: &str, op: &Operation) {
         let etcd = self.etcd.clone().expect("etcd turn");
         let (owner, keys) = etcd.identity(&self.unit);
         let done = finalize(op, result);
-        let worker_waits = matches!(
-            &etcd.facts,
-            Some(Ok(facts)) if facts.worker_claim.as_deref() == Some(op.op_id().as_str())
-        );
+        let worker_waits = self.worker_waits_for(op);
         let body = turn::finalize_body(&keys, &owner, key, &done, worker_waits);
         let env = etcd.environment.unwrap_or_default();
-        self.etcdctl(vec!["txn".into()], Some(body), &env, EtcdPurpose::Finalize);
+        // When this implementation's worker waits for the result, the lock goes straight
+        // to the oldest registered waiter (read with the hook's facts), if there is one.
+        let waiters = match &etcd.facts {
+            Some(Ok(facts)) => facts.waiters.as_slice(),
+            _ => &[],
+        };
+        let successor = handoff::successor(&keys, &owner, waiters)
+            .filter(|_| worker_waits && turn::releases(&done));
+        match successor {
+            Some(to) => {
+                self.log(
+                    LogLevel::Debug,
+                    format!("Handing the etcd lock to {}.", to.owner),
+                );
+                let handing = turn::hand_over_body(&keys, &owner, key, &done, &to);
+                self.etcd_plain_release = Some(body);
+                self.etcdctl(
+                    vec!["txn".into()],
+                    Some(handing),
+                    &env,
+                    EtcdPurpose::HandOver,
+                );
+            }
+            None => self.etcdctl(vec!["txn".into()], Some(body), &env, EtcdPurpose::Finalize),
+        }
         // Mirror exactly as the peer backend records a result.
         let Ok(mut queue) = self.local_record().queue else {
             return;
@@ -291,6 +341,22 @@ impl Manager {
     /// the host gave up retrying.
     pub fn handle_etcdctl_result(&mut self, purpose: EtcdPurpose, result: Result<String, String>) {
         match (purpose, result) {
+            (EtcdPurpose::HandOver, Ok(stdout))
+                if crate::etcd::etcdctl::parse_txn(&stdout) == Ok(true) =>
+            {
+                self.etcd_plain_release = None;
+            }
+            (EtcdPurpose::HandOver, outcome) => {
+                // The waiter left (or the read is stale): release plainly; the plain
+                // finalize judges whether the lock is still ours.
+                if let Err(why) = outcome {
+                    self.log(
+                        LogLevel::Warning,
+                        format!("Handing the lock over failed: {why}."),
+                    );
+                }
+                self.release_plainly();
+            }
             (EtcdPurpose::Finalize, Ok(stdout))
                 if crate::etcd::etcdctl::parse_txn(&stdout) == Ok(true) => {}
             (EtcdPurpose::Finalize, outcome) => {
@@ -309,6 +375,36 @@ impl Manager {
                 self.fall_back(&format!("etcd {purpose:?} failed: {why}"));
             }
         }
+    }
+
+    /// The lock's lease could not be renewed before the callback: the lock is gone (its
+    /// worker died and the lease lapsed), so the callback must not run. The op stays in
+    /// progress for the next worker to recover.
+    pub fn handle_lease_lapsed(&mut self, why: &str) {
+        self.commands.retain(|c| {
+            !matches!(
+                c,
+                Command::RunCallback { .. } | Command::PrepareEtcdctl { .. }
+            )
+        });
+        self.awaiting_etcd = None;
+        self.callback_ran = false;
+        self.log(
+            LogLevel::Warning,
+            format!("The etcd lock's lease lapsed before the callback could run ({why}); not running it."),
+        );
+    }
+
+    fn release_plainly(&mut self) {
+        let Some(plain) = self.etcd_plain_release.take() else {
+            return;
+        };
+        let env = self
+            .etcd
+            .as_ref()
+            .and_then(|e| e.environment.clone().ok())
+            .unwrap_or_default();
+        self.etcdctl(vec!["txn".into()], Some(plain), &env, EtcdPurpose::Finalize);
     }
 
     /// The etcd status of an etcd-managed unit (spec/etcd.md §8.8, counting `pending` as
@@ -473,6 +569,7 @@ mod tests {
                 ["get", key, "--print-value-only"] => Call::Value(key.to_string()),
                 ["get", prefix, "--prefix", "--limit=1"] => Call::First(prefix.to_string()),
                 ["txn"] => Call::Txn(stdin.unwrap_or_default().into()),
+                ["lease", "keep-alive", "--once", id] => Call::KeepAlive(id.to_string()),
                 ["-w", "json", "txn"] => Call::TxnJson(stdin.unwrap_or_default().into()),
                 ["put", key] => {
                     self.etcd.put(key, stdin.unwrap_or_default());
@@ -666,6 +763,120 @@ mod tests {
         assert_eq!(bag["state"], "retry-release");
         assert!(bag["operations"].contains(r#""attempt":1,"result":null"#));
         assert_eq!(bag["processing_backend"], "etcd");
+    }
+
+    /// Another unit's worker waiting for the lock with its op `micros` pending, registered
+    /// the way its failed lock transaction registers it.
+    fn waiter(world: &mut World, unit: &str, micros: i64) -> (Keys, String, String) {
+        let owner = owner(MODEL, unit);
+        let keys = Keys::new("c1", &owner);
+        let lease = world
+            .etcd
+            .run(&Call::LeaseGrant(60))
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let op = crate::op::Operation::new(
+            "restart",
+            Default::default(),
+            None,
+            crate::timestamp::Timestamp::from_micros(micros),
+        );
+        let from = format!("{}{}", keys.pending, op.op_id());
+        world.etcd.put(&from, &op.to_json());
+        let registration = crate::etcd::handoff::Registration {
+            owner: owner.clone(),
+            lease: lease.clone(),
+            op: Some((from.clone(), op.clone())),
+        };
+        let attempt = world
+            .etcd
+            .run(&Call::TxnJson(crate::etcd::txn::acquire_and_claim(
+                &keys.lock,
+                &owner,
+                &lease,
+                &from,
+                &format!("{}{}", keys.inprogress, op.op_id()),
+                &op.to_json(),
+                (&keys.waiting_entry(&owner), &registration.encode()),
+            )));
+        assert!(
+            !attempt.stdout.contains("\"succeeded\""),
+            "the lock is held"
+        );
+        (keys, owner, lease)
+    }
+
+    #[test]
+    fn the_hook_hands_the_lock_to_the_longest_waiting_unit() {
+        for (result, requeued) in [("release", false), ("retry-release", true)] {
+            let mut world = World::configured();
+            request(&mut world.unit(), "{}");
+            worker_claims(&mut world);
+            let (first, first_owner, first_lease) = waiter(&mut world, "other/3", 5);
+            let (second, _, _) = waiter(&mut world, "other/1", 1);
+            let keys = world.keys();
+            let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
+            let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
+            world.files.insert(
+                crate::etcd::worker::CLAIM_FILE.into(),
+                op_id.as_bytes().to_vec(),
+            );
+            let mut unit = world.unit();
+            unit.result = Some(result.into());
+            event(&mut unit, Event::LockGranted);
+            assert_eq!(unit.calls, ["restart"]);
+            let lock = world
+                .etcd
+                .kv
+                .get(&keys.lock)
+                .cloned()
+                .expect("handed, not freed");
+            assert_eq!(lock.0, first_owner, "the first to register gets it");
+            assert_eq!(lock.1.map(|l| format!("{l:x}")), Some(first_lease));
+            assert_eq!(world.etcd.first(&first.pending), None, "its op is claimed");
+            assert!(world.etcd.first(&first.inprogress).is_some());
+            assert!(
+                world.etcd.first(&keys.waiting).is_some(),
+                "the other still waits"
+            );
+            assert!(world.etcd.get(&keys.waiting_entry(&first_owner)).is_none());
+            assert!(world.etcd.first(&second.pending).is_some());
+            assert_eq!(world.etcd.first(&keys.inprogress), None, "ours is done");
+            assert_eq!(world.etcd.first(&keys.pending).is_some(), requeued);
+            assert_eq!(world.bag()["processing_backend"], "etcd", "no fallback");
+        }
+    }
+
+    #[test]
+    fn a_waiter_that_left_gets_nothing_and_the_lock_is_released() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        let (gone, gone_owner, _) = waiter(&mut world, "other/0", 5);
+        // Its op went (the unit fell back and cleaned up) but the registration is still read.
+        let (pending, _) = world.etcd.first(&gone.pending).unwrap();
+        world.etcd.delete(&pending);
+        let keys = world.keys();
+        let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
+        let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
+        world.files.insert(
+            crate::etcd::worker::CLAIM_FILE.into(),
+            op_id.as_bytes().to_vec(),
+        );
+        let mut unit = world.unit();
+        unit.result = Some("release".into());
+        event(&mut unit, Event::LockGranted);
+        assert_eq!(world.etcd.get(&keys.lock), None, "released plainly");
+        assert!(
+            world.etcd.first(&gone.inprogress).is_none(),
+            "nothing claimed for it"
+        );
+        assert!(world.etcd.get(&keys.waiting_entry(&gone_owner)).is_some());
+        assert_eq!(world.etcd.first(&keys.inprogress), None);
+        assert_eq!(world.bag()["processing_backend"], "etcd", "no fallback");
     }
 
     #[test]

@@ -6,6 +6,8 @@ import logging
 import os
 import platform
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -505,6 +507,76 @@ def test_watch_returns_at_the_first_line(sandbox, monkeypatch: pytest.MonkeyPatc
 
     out = host.watch_etcdctl(['fail'], [], 4000)
     assert (out.code, out.stderr, getattr(out, 'timed-out')) == (3, 'oops\n', False)
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def test_started_etcdctl_waits_for_its_input_and_dies_when_stopped(
+    sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    host, _ = sandbox
+    program = tmp_path / 'etcdctl'
+    # `txn`: one line of input echoed; `keep`: runs until killed (like `lease keep-alive`).
+    program.write_text(
+        '#!/bin/sh\n'
+        'case "$1" in\n'
+        '  txn) read -r line; echo "got $line $ETCDCTL_API";;\n'
+        '  keep) exec sleep 30;;\n'
+        'esac\n'
+    )
+    program.chmod(0o755)
+    monkeypatch.setattr(_host.Host, 'etcdctl_path', lambda self: str(program))
+
+    handle = host.start_etcdctl(['txn'], [('ETCDCTL_API', '3')])
+    assert isinstance(handle, int)
+    time.sleep(0.1)
+    assert _alive(host._started[handle].child.pid), 'it did not wait for its input'
+    out = host.finish_etcdctl(handle, 'body\n', 5000)
+    assert isinstance(out, wc.Record)
+    assert (out.code, out.stdout) == (0, 'got body 3\n')
+    spent = host.finish_etcdctl(handle, None, 1000)
+    assert isinstance(spent, Variant) and spent.tag == 'etcdctl', 'a spent handle is refused'
+
+    keep = host.start_etcdctl(['keep'], [])
+    assert isinstance(keep, int)
+    pid = host._started[keep].child.pid
+    assert _alive(pid)
+    host.stop_etcdctl(keep)
+    assert not _alive(pid), 'stop left it running'
+    host.stop_etcdctl(keep)  # an unknown handle is ignored
+
+
+def test_a_started_etcdctl_dies_with_the_hook_process(tmp_path):
+    # The hook process (here a child Python) starts a keep-alive and is killed: the kernel
+    # kills the keep-alive too (PR_SET_PDEATHSIG), so a lease cannot outlive its hook.
+    program = tmp_path / 'etcdctl'
+    program.write_text('#!/bin/sh\nexec sleep 30\n')
+    program.chmod(0o755)
+    script = (
+        'import subprocess, sys, time\n'
+        'from rollingops import _host\n'
+        f'p = subprocess.Popen([{str(program)!r}], stdin=subprocess.PIPE, '
+        'preexec_fn=_host._die_with_parent_hook())\n'
+        'print(p.pid, flush=True)\n'
+        'time.sleep(30)\n'
+    )
+    hook = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
+    assert hook.stdout is not None
+    pid = int(hook.stdout.readline())
+    assert _alive(pid)
+    hook.kill()
+    hook.wait()
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(pid), 'the keep-alive outlived its hook'
 
 
 def test_watch_with_etcdctl_missing_is_refused(sandbox):

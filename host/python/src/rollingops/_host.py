@@ -493,8 +493,8 @@ class Host:
         try:
             started.feed(stdin)
         except OSError as e:
-            said = started.wait(timeout_ms, first_line=False)
-            return _err('etcdctl', f'writing etcdctl stdin: {e}; etcdctl said: {said.stderr}')
+            said = getattr(started.wait(timeout_ms, first_line=False), 'stderr', '')
+            return _err('etcdctl', f'writing etcdctl stdin: {e}; etcdctl said: {said}')
         return started.wait(timeout_ms, first_line=False)
 
     def stop_etcdctl(self, handle: int) -> None:

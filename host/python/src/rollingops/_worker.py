@@ -258,6 +258,8 @@ class WorkerHost(Host):
         self.pending = None
         self.backend_error = None
         self.worker = None
+        self._started = {}
+        self._next_handle = 0
 
     @staticmethod
     def _outside(tool: str) -> Variant:
