@@ -175,7 +175,7 @@ fn lock_holder(etcd: &Etcd) -> Option<(String, String)> {
 /// Whether a `lease keep-alive <lease>` process runs.
 fn keep_alive_runs(lease: &str) -> bool {
     let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
+        .args(["-ww", "-eo", "args"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&ps.stdout)

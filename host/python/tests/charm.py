@@ -33,7 +33,12 @@ ACTIONS: dict[str, Any] = {
             'max-retry': {'type': 'integer'},
         }
     },
-    'sync-restart': {'params': {'delay': {'type': 'integer', 'default': 0}}},
+    'sync-restart': {
+        'params': {
+            'delay': {'type': 'integer', 'default': 0},
+            'timeout': {'type': 'integer', 'default': 30},
+        }
+    },
     'failed-sync-restart': {'params': {'delay': {'type': 'integer', 'default': 0}}},
 }
 
@@ -126,7 +131,8 @@ class RollingOpsCharm(ops.CharmBase):
         )
 
     def _on_sync_restart_action(self, event: ops.ActionEvent) -> None:
-        with self.rollingops.acquire_sync_lock(backend_id='stop-replset-member', timeout=30):
+        timeout = event.params.get('timeout', 30)
+        with self.rollingops.acquire_sync_lock(backend_id='stop-replset-member', timeout=timeout):
             self._record('_sync_restart', delay=event.params.get('delay'))
 
     def _on_failed_sync_restart_action(self, event: ops.ActionEvent) -> None:

@@ -238,9 +238,10 @@ def dispatched(record: Path) -> list[str]:
         return []
 
 
-def test_two_units_take_turns_through_real_etcd_and_real_workers(
-    tmp_path: Path, units: list[Unit], juju_exec: Path, etcd_servers: list[Etcd]
-):
+def connect(tmp_path: Path, units: list[Unit], etcd_servers: list[Etcd]) -> dict[str, str]:
+    """Run the real relation flow: the leader makes the client identity, a TLS etcd trusting
+    it starts, every unit gets the provider's answer and writes its etcdctl files. Returns an
+    etcdctl environment using the units' own files."""
     first = units[0]
     # The leader creates the shared client identity (a real one) on leader-elected.
     first.state = testing.State(
@@ -308,16 +309,21 @@ def test_two_units_take_turns_through_real_etcd_and_real_workers(
         return done.returncode == 0
 
     wait_for(f'etcd to start (see {etcd.log})', etcd_healthy)
+    return env
+
+
+def etcdctl(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(['etcdctl', *args], env=env, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_two_units_take_turns_through_real_etcd_and_real_workers(
+    tmp_path: Path, units: list[Unit], juju_exec: Path, etcd_servers: list[Etcd]
+):
+    env = connect(tmp_path, units, etcd_servers)
 
     def lock_holder() -> str:
-        done = subprocess.run(
-            ['etcdctl', 'get', f'{RESOURCE}granted-unit/', '--print-value-only'],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout.strip()
+        return etcdctl(env, 'get', f'{RESOURCE}granted-unit/', '--print-value-only').strip()
 
     # Each unit queues an operation: the hooks put it in etcd and start the unit's worker.
     for unit in units:
@@ -373,3 +379,52 @@ def test_two_units_take_turns_through_real_etcd_and_real_workers(
         assert ops_of(unit.peer().local_unit_data) == []
     assert len(dispatched(juju_exec)) == 2
     assert lock_holder() == '', 'the lock is free'
+
+
+def test_the_sync_lock_takes_the_etcd_lock_under_a_kept_alive_lease(
+    tmp_path: Path, units: list[Unit], etcd_servers: list[Etcd]
+):
+    env = connect(tmp_path, units, etcd_servers)
+    unit = units[0]
+    lock = f'{RESOURCE}granted-unit/'
+    seen: dict[str, str] = {}
+
+    def observe_inside(*_args: Any, **_kwargs: Any) -> None:
+        # Inside the sync block: the cluster lock is this unit's sync owner, and a
+        # `lease keep-alive` renews its lease.
+        seen['holder'] = etcdctl(env, 'get', lock, '--print-value-only').strip()
+        seen['lease'] = format(
+            json.loads(etcdctl(env, 'get', lock, '-w', 'json'))['kvs'][0]['lease'], 'x'
+        )
+        ps = subprocess.run(
+            ['ps', '-ww', '-eo', 'args'], capture_output=True, text=True, check=True
+        )
+        seen['keep-alive'] = str(
+            any(f'lease keep-alive {seen["lease"]}' in line for line in ps.stdout.splitlines())
+        )
+
+    charm.RecordingBackend.calls.clear()
+    original = charm.RollingOpsCharm._record
+    try:
+        charm.RollingOpsCharm._record = lambda self, *a, **k: observe_inside()  # type: ignore[method-assign]
+        unit.run(unit.ctx.on.action('sync-restart'))
+    finally:
+        charm.RollingOpsCharm._record = original  # type: ignore[method-assign]
+    owner = f'{MODEL.uuid}-{unit.name}'.replace('/', '-')
+    assert seen['holder'] == f'{owner}:sync'
+    assert seen['keep-alive'] == 'True', 'no keep-alive ran for the lease'
+    assert charm.RecordingBackend.calls == [], 'etcd was available: the backend is not used'
+    # Released: the key is gone, the lease revoked, the keep-alive stopped.
+    assert etcdctl(env, 'get', lock, '--print-value-only').strip() == ''
+    assert etcdctl(env, 'lease', 'list').startswith('found 0 leases')
+
+    # Someone else holds the lock: the sync lock times out as a TimeoutError, no fallback.
+    lease = etcdctl(env, 'lease', 'grant', '60').split()[1]
+    etcdctl(env, 'put', lock, 'someone-else', f'--lease={lease}')
+    started = time.monotonic()
+    with pytest.raises(testing.errors.UncaughtCharmError) as raised:
+        unit.run(unit.ctx.on.action('sync-restart', params={'timeout': 2}))
+    assert isinstance(raised.value.__cause__, TimeoutError), raised.value.__cause__
+    assert 1.5 <= time.monotonic() - started < 15
+    assert charm.RecordingBackend.calls == []
+    assert etcdctl(env, 'get', lock, '--print-value-only').strip() == 'someone-else'
