@@ -196,6 +196,14 @@ fn the_sync_lock_is_the_cluster_lock_under_a_kept_alive_lease_and_a_waiter_gets_
         a.backend_calls().is_empty(),
         "etcd was used, not the backend"
     );
+    // Taking it again through the same manager would wait for itself: refused at once.
+    let again = first.acquire_sync_lock("custom", Some(10)).unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .contains("already holds the etcd sync lock"),
+        "{again}"
+    );
 
     // Another application's unit waits in a watch; it gets the lock as soon as it is free.
     let waiter = {

@@ -35,7 +35,7 @@ impl Guest for Component {
 struct ManagerResource {
     config: Config,
     loaded: RefCell<Option<Manager>>,
-    /// The sync lock this manager holds, between `acquire-sync-lock` and its release.
+    /// The etcd sync lock this manager holds, between `acquire-sync-lock` and its release.
     sync_held: RefCell<Option<driver::SyncHeld>>,
 }
 
@@ -179,14 +179,18 @@ impl GuestManager for ManagerResource {
         backend_id: String,
         timeout_seconds: Option<u32>,
     ) -> Result<(), wit::Error> {
+        // Twice through etcd would wait for itself (the same lock key); through the charm's
+        // backends, nesting is the backends' business, as in the reference.
         if self.sync_held.borrow().is_some() {
             return Err(wit::Error::SyncLock(
-                "this manager already holds the sync lock; release it first".into(),
+                "this manager already holds the etcd sync lock; release it first".into(),
             ));
         }
         let held =
             self.with(|m, fx| driver::acquire_sync_lock(m, fx, &backend_id, timeout_seconds))?;
-        *self.sync_held.borrow_mut() = Some(held);
+        if matches!(held, driver::SyncHeld::Etcd(_)) {
+            *self.sync_held.borrow_mut() = Some(held);
+        }
         Ok(())
     }
 
