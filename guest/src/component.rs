@@ -343,6 +343,10 @@ impl Effects for Imports {
         })
     }
 
+    fn read_etcdctl_line(&mut self, handle: u32, timeout_ms: u32) -> Result<Option<String>, Error> {
+        process::read_etcdctl_line(handle, timeout_ms).map_err(from_wit)
+    }
+
     fn stop_etcdctl(&mut self, handle: u32) {
         process::stop_etcdctl(handle)
     }

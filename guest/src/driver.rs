@@ -121,6 +121,14 @@ pub trait Effects {
             "this host cannot start etcdctl ahead".into(),
         ))
     }
+    /// The next stdout line of a started etcdctl; `None` when `timeout_ms` passes first, an
+    /// error once it has exited and every line was read.
+    fn read_etcdctl_line(&mut self, handle: u32, timeout_ms: u32) -> Result<Option<String>, Error> {
+        let _ = (handle, timeout_ms);
+        Err(Error::Etcdctl(
+            "this host cannot stream etcdctl output".into(),
+        ))
+    }
     /// Kill a started etcdctl.
     fn stop_etcdctl(&mut self, handle: u32) {
         let _ = handle;
@@ -542,8 +550,7 @@ fn work(
                 if let Some(next) = worker.args_after_watch() {
                     prepared.prepare(fx, &next, env);
                 }
-                let (args, _) = call.argv();
-                let output = fx.watch_etcdctl(&args, env, timeout_ms);
+                let output = prepared.watch(fx, &call, env, timeout_ms);
                 worker.handle(output.unwrap_or_else(|e| Output {
                     code: 127,
                     stdout: String::new(),

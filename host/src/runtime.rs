@@ -454,6 +454,16 @@ impl process::Host for StoreData {
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
         started.finish(stdin.as_deref(), timeout)
     }
+    fn read_etcdctl_line(
+        &mut self,
+        handle: u32,
+        timeout_ms: u32,
+    ) -> Result<Option<String>, wit::Error> {
+        let started = self.started.get_mut(&handle).ok_or_else(|| {
+            wit::Error::Etcdctl(format!("no started etcdctl has handle {handle}"))
+        })?;
+        started.next_line(std::time::Duration::from_millis(u64::from(timeout_ms)))
+    }
     fn stop_etcdctl(&mut self, handle: u32) {
         self.started.remove(&handle);
     }

@@ -224,24 +224,39 @@ enum Until {
 pub struct StartedEtcdctl {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    /// From the stdout reader: `true` at the first complete line, `false` at EOF.
+    stdout: Arc<Mutex<Collected>>,
+    stderr: Arc<Mutex<Collected>>,
+    /// From the stdout reader: `true` at every complete line, `false` at EOF.
     signal: Receiver<bool>,
     readers: Vec<JoinHandle<()>>,
+    /// How much of stdout [`StartedEtcdctl::next_line`] has handed out (absolute offset).
+    cursor: usize,
+    /// stdout has closed.
+    eof: bool,
+}
+
+/// A stream's output so far: the kept tail, and how many bytes before it were dropped.
+#[derive(Default)]
+struct Collected {
+    text: String,
+    dropped: usize,
 }
 
 /// Output kept per stream: a keep-alive runs for as long as a charm holds a lock and
 /// prints a line per renewal, so only the tail is kept.
 const KEEP_BYTES: usize = 256 * 1024;
 
-fn keep_tail(text: &mut String) {
-    if text.len() > KEEP_BYTES {
-        let mut cut = text.len() - KEEP_BYTES / 2;
-        while !text.is_char_boundary(cut) {
-            cut += 1;
+impl Collected {
+    fn push(&mut self, line: &str) {
+        self.text.push_str(line);
+        if self.text.len() > KEEP_BYTES {
+            let mut cut = self.text.len() - KEEP_BYTES / 2;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+            self.dropped += cut;
         }
-        text.drain(..cut);
     }
 }
 
@@ -253,8 +268,8 @@ impl StartedEtcdctl {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (out_text, err_text) = (
-            Arc::new(Mutex::new(String::new())),
-            Arc::new(Mutex::new(String::new())),
+            Arc::new(Mutex::new(Collected::default())),
+            Arc::new(Mutex::new(Collected::default())),
         );
         let (ready, signal) = mpsc::channel();
         let out_reader = {
@@ -263,10 +278,7 @@ impl StartedEtcdctl {
                 let mut reader = BufReader::new(stdout);
                 let mut line = String::new();
                 while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                    let mut kept = text.lock().expect("reader");
-                    kept.push_str(&line);
-                    keep_tail(&mut kept);
-                    drop(kept);
+                    text.lock().expect("reader").push(&line);
                     if line.ends_with('\n') {
                         let _ = ready.send(true);
                     }
@@ -281,9 +293,7 @@ impl StartedEtcdctl {
                 let mut reader = BufReader::new(stderr);
                 let mut line = String::new();
                 while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                    let mut kept = text.lock().expect("reader");
-                    kept.push_str(&line);
-                    keep_tail(&mut kept);
+                    text.lock().expect("reader").push(&line);
                     line.clear();
                 }
             })
@@ -295,6 +305,40 @@ impl StartedEtcdctl {
             stderr: err_text,
             signal,
             readers: vec![out_reader, err_reader],
+            cursor: 0,
+            eof: false,
+        }
+    }
+
+    /// The next complete stdout line (WIT `read-etcdctl-line`): `Ok(None)` when `timeout`
+    /// passes first, an error once the process has exited and every line was read.
+    pub fn next_line(&mut self, timeout: Duration) -> Result<Option<String>, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            {
+                let out = self.stdout.lock().expect("reader");
+                self.cursor = self.cursor.max(out.dropped);
+                let unread = &out.text[self.cursor - out.dropped..];
+                if let Some(end) = unread.find('\n') {
+                    let line = unread[..end].to_string();
+                    self.cursor += end + 1;
+                    return Ok(Some(line));
+                }
+            }
+            if self.eof {
+                let stderr = self
+                    .stderr
+                    .lock()
+                    .map(|e| e.text.clone())
+                    .unwrap_or_default();
+                return Err(Error::Etcdctl(format!("etcdctl exited: {}", stderr.trim())));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.signal.recv_timeout(left) {
+                Ok(true) => {}
+                Ok(false) | Err(RecvTimeoutError::Disconnected) => self.eof = true,
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+            }
         }
     }
 
@@ -357,7 +401,8 @@ impl StartedEtcdctl {
                 }
             }
         };
-        let take = |text: &Arc<Mutex<String>>| text.lock().map(|t| t.clone()).unwrap_or_default();
+        let take =
+            |text: &Arc<Mutex<Collected>>| text.lock().map(|t| t.text.clone()).unwrap_or_default();
         Ok(ExecOutput {
             code,
             stdout: take(&self.stdout),
@@ -515,10 +560,12 @@ mod tests {
         let bin = root.join("usr/bin");
         std::fs::create_dir_all(&bin).unwrap();
         let script = bin.join("etcdctl");
-        // `txn`: one line of input echoed; `keep`: runs until killed (like keep-alive).
+        // `txn`: one line of input echoed; `keep`: runs until killed (like keep-alive);
+        // `stream`: lines now and later, then a long life (like watch); `short`: one line,
+        // a complaint, exit.
         std::fs::write(
             &script,
-            "#!/bin/sh\ncase \"$1\" in\n  txn) read -r line; echo \"got $line\";;\n  keep) exec sleep 30;;\nesac\n",
+            "#!/bin/sh\ncase \"$1\" in\n  txn) read -r line; echo \"got $line\";;\n  keep) exec sleep 30;;\n  stream) echo one; echo two; sleep 0.3; echo three; exec sleep 30;;\n  short) echo only; echo oops >&2;;\nesac\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -536,6 +583,23 @@ mod tests {
         assert!(alive(pid));
         drop(keep);
         assert!(!alive(pid), "dropping the handle left it running");
+
+        // Lines one by one, as they come; none before the timeout; an error after the end.
+        let mut stream = sandbox.start_etcdctl(&["stream".into()], &[]).unwrap();
+        assert_eq!(stream.next_line(long).unwrap().as_deref(), Some("one"));
+        assert_eq!(stream.next_line(long).unwrap().as_deref(), Some("two"));
+        let short_wait = Duration::from_millis(50);
+        assert_eq!(
+            stream.next_line(short_wait).unwrap(),
+            None,
+            "three is not out yet"
+        );
+        assert_eq!(stream.next_line(long).unwrap().as_deref(), Some("three"));
+        drop(stream);
+        let mut short = sandbox.start_etcdctl(&["short".into()], &[]).unwrap();
+        assert_eq!(short.next_line(long).unwrap().as_deref(), Some("only"));
+        let ended = short.next_line(long).unwrap_err();
+        assert!(format!("{ended:?}").contains("oops"), "{ended:?}");
 
         // The thread that started it ends without a word (the hook process dying): the
         // kernel kills it (PR_SET_PDEATHSIG), so a keep-alive cannot outlive its hook.

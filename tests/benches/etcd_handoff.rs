@@ -2,10 +2,10 @@
 //! five units contending for the rollingops lock key, side by side with five `etcdctl lock`
 //! processes contending on the same cluster.
 //!
-//! The rollingops side runs the production path: each unit drives the core's [`Worker`]
-//! exactly as the component's `run-worker` does (etcdctl calls and watches through the host
-//! library's [`Sandbox`]; the lock transaction's etcdctl started while the watch runs, as
-//! the driver's `Prepared` does), and plays the lock-granted hook with the manager's own
+//! The rollingops side runs the production path: each unit runs the core's own worker loop
+//! (`driver::run_worker`, what the component's `run-worker` runs) natively, its etcdctl
+//! calls, started processes and watch streams going through the host library's
+//! [`Sandbox`], and plays the lock-granted hook with the manager's own
 //! etcd steps ([`turn`], [`handoff`]: one read, with the waiters' registrations; the lease
 //! kept alive during the callback; the finalize's etcdctl started before the callback; the
 //! lock handed to the oldest waiter in the finalize). Only the hook's process
@@ -24,13 +24,21 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
 use rollingops::sandbox::{Sandbox, StartedEtcdctl};
+use rollingops_guest::driver::{self, BagOwner, Effects};
+use rollingops_guest::etcd::config::ETCDCTL_JSON;
 use rollingops_guest::etcd::handoff;
 use rollingops_guest::etcd::keys::{Keys, owner};
 use rollingops_guest::etcd::queue::finalize;
 use rollingops_guest::etcd::turn::{self, WorkerClaim};
-use rollingops_guest::etcd::worker::{Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
-use rollingops_guest::{Operation, OperationResult, Timestamp};
+use rollingops_guest::etcd::worker::{CLAIM_FILE, Call, LOCK_GRANTED_HOOK, Output};
+use rollingops_guest::manager::SyncBackendError;
+use rollingops_guest::wire::Bag;
+use rollingops_guest::{
+    CallbackOutcome, Config, Error, LogLevel, Operation, OperationResult, Timestamp,
+};
 use rollingops_tests::etcd_cluster::Etcd;
 
 const UNITS: usize = 5;
@@ -70,7 +78,10 @@ type Marks = Arc<Mutex<Vec<(usize, Mark, u128)>>>;
 fn output(
     result: Result<rollingops::bindings::juju::rollingops::types::ExecOutput, impl std::fmt::Debug>,
 ) -> Output {
-    let out = result.expect("etcdctl runs");
+    convert(result.expect("etcdctl runs"))
+}
+
+fn convert(out: rollingops::bindings::juju::rollingops::types::ExecOutput) -> Output {
     Output {
         code: out.code,
         stdout: out.stdout,
@@ -163,17 +174,204 @@ fn hook(
     drop(keep_alive);
 }
 
+/// One unit's outside world for the component's own worker loop
+/// ([`driver::run_worker`]), over the host library's [`Sandbox`]: etcdctl calls, started
+/// processes and watch streams as the Rust hosts run them, files in memory, and the
+/// lock-granted hook played inline when the worker dispatches it.
+struct BenchUnit {
+    unit: usize,
+    owner: String,
+    keys: Keys,
+    sandbox: Sandbox,
+    env: Vec<(String, String)>,
+    files: HashMap<String, Vec<u8>>,
+    started: HashMap<u32, (Vec<String>, StartedEtcdctl)>,
+    next_handle: u32,
+    marks: Marks,
+}
+
+fn host_error(e: rollingops::WitError) -> Error {
+    Error::Etcdctl(format!("{e:?}"))
+}
+
+impl Effects for BenchUnit {
+    fn unit_name(&mut self) -> String {
+        format!("app/{}", self.unit)
+    }
+    fn model_uuid(&mut self) -> String {
+        "bench".into()
+    }
+    fn is_leader(&mut self) -> Result<bool, Error> {
+        Ok(false)
+    }
+    fn relation_ids(&mut self, _: &str) -> Result<Vec<u32>, Error> {
+        Ok(vec![])
+    }
+    fn relation_units(&mut self, _: u32) -> Result<Vec<String>, Error> {
+        Ok(vec![])
+    }
+    fn relation_get(&mut self, _: u32, _: BagOwner<'_>) -> Result<Bag, Error> {
+        Ok(Bag::new())
+    }
+    fn relation_set(&mut self, _: u32, _: bool, _: &[(String, String)]) -> Result<(), Error> {
+        Ok(())
+    }
+    fn log(&mut self, _: LogLevel, _: &str) {}
+    fn dispatch(&mut self, event: &str) -> Result<(), Error> {
+        assert_eq!(event, LOCK_GRANTED_HOOK);
+        let unit = self.unit;
+        self.marks
+            .lock()
+            .unwrap()
+            .push((unit, Mark::Acquired, now_ns()));
+        let claim = self
+            .files
+            .get(CLAIM_FILE)
+            .map(|text| WorkerClaim::decode(&String::from_utf8_lossy(text)));
+        hook(
+            &self.sandbox,
+            &self.env,
+            &self.keys,
+            &self.owner,
+            claim,
+            unit,
+            &self.marks,
+        );
+        Ok(())
+    }
+    fn now(&mut self) -> Timestamp {
+        Timestamp::from_micros((now_ns() / 1000) as i64)
+    }
+    fn run_callback(&mut self, _: &str, _: &str) -> CallbackOutcome {
+        CallbackOutcome::Missing
+    }
+    fn sync_backend_acquire(&mut self, _: &str, _: Option<u32>) -> Result<(), SyncBackendError> {
+        Ok(())
+    }
+    fn sync_backend_release(&mut self, _: &str) -> Result<(), SyncBackendError> {
+        Ok(())
+    }
+    fn run_etcdctl(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        stdin: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let timeout = Duration::from_millis(timeout_ms.into());
+        let out = self.sandbox.run_etcdctl(args, env, stdin, timeout);
+        out.map(convert).map_err(host_error)
+    }
+    fn watch_etcdctl(
+        &mut self,
+        args: &[String],
+        env: &[(String, String)],
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let timeout = Duration::from_millis(timeout_ms.into());
+        let out = convert(
+            self.sandbox
+                .watch_etcdctl(args, env, timeout)
+                .map_err(host_error)?,
+        );
+        self.mark_lock_event(args, &out.stdout);
+        Ok(out)
+    }
+    fn start_etcdctl(&mut self, args: &[String], env: &[(String, String)]) -> Result<u32, Error> {
+        let started = self.sandbox.start_etcdctl(args, env).map_err(host_error)?;
+        self.next_handle += 1;
+        self.started
+            .insert(self.next_handle, (args.to_vec(), started));
+        Ok(self.next_handle)
+    }
+    fn finish_etcdctl(
+        &mut self,
+        handle: u32,
+        stdin: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<Output, Error> {
+        let (_, started) = self
+            .started
+            .remove(&handle)
+            .ok_or_else(|| Error::Etcdctl("no such handle".into()))?;
+        let timeout = Duration::from_millis(timeout_ms.into());
+        started
+            .finish(stdin, timeout)
+            .map(convert)
+            .map_err(host_error)
+    }
+    fn read_etcdctl_line(&mut self, handle: u32, timeout_ms: u32) -> Result<Option<String>, Error> {
+        let (args, started) = self
+            .started
+            .get_mut(&handle)
+            .ok_or_else(|| Error::Etcdctl("no such handle".into()))?;
+        let line = started
+            .next_line(Duration::from_millis(timeout_ms.into()))
+            .map_err(host_error)?;
+        let args = args.clone();
+        if let Some(line) = &line {
+            self.mark_lock_event(&args, line);
+        }
+        Ok(line)
+    }
+    fn stop_etcdctl(&mut self, handle: u32) {
+        self.started.remove(&handle);
+    }
+    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.files.get(path).cloned())
+    }
+    fn write_file(&mut self, path: &str, data: &[u8], _: u32) -> Result<(), Error> {
+        self.files.insert(path.into(), data.to_vec());
+        Ok(())
+    }
+    fn remove_file(&mut self, path: &str) -> Result<(), Error> {
+        self.files.remove(path);
+        Ok(())
+    }
+    fn sleep_ms(&mut self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+impl BenchUnit {
+    /// A watch on the lock key reported something.
+    fn mark_lock_event(&self, args: &[String], stdout: &str) {
+        if args.contains(&"watch".to_string())
+            && args.contains(&self.keys.lock)
+            && !stdout.trim().is_empty()
+        {
+            let mark = (self.unit, Mark::WatchedLock, now_ns());
+            self.marks.lock().unwrap().push(mark);
+        }
+    }
+}
+
 fn rollingops(etcd: &Etcd, marks: Marks) {
     let charm = charm_dir();
     let rounds = rounds();
     let threads: Vec<_> = (0..UNITS)
         .map(|unit| {
             let env = etcd.env();
-            let marks = marks.clone();
-            let sandbox = Sandbox::new(&charm, std::env::temp_dir());
+            let var = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
+            let config = serde_json::json!({
+                "endpoints": var("ETCDCTL_ENDPOINTS"),
+                "cacert_path": var("ETCDCTL_CACERT"),
+                "cert_path": var("ETCDCTL_CERT"),
+                "key_path": var("ETCDCTL_KEY"),
+            });
+            let owner = owner("bench", &format!("app/{unit}"));
+            let mut fx = BenchUnit {
+                unit,
+                keys: Keys::new("bench", &owner),
+                owner,
+                sandbox: Sandbox::new(&charm, std::env::temp_dir()),
+                env: env.clone(),
+                files: HashMap::from([(ETCDCTL_JSON.to_string(), config.to_string().into_bytes())]),
+                started: HashMap::new(),
+                next_handle: 0,
+                marks: marks.clone(),
+            };
             std::thread::spawn(move || {
-                let owner = owner("bench", &format!("app/{unit}"));
-                let keys = Keys::new("bench", &owner);
                 for round in 0..rounds {
                     let op = Operation::new(
                         "restart",
@@ -181,88 +379,24 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
                         None,
                         Timestamp::from_micros(round as i64),
                     );
-                    let key = format!("{}{}", keys.pending, op.op_id());
-                    let out = output(sandbox.run_etcdctl(
+                    let key = format!("{}{}", fx.keys.pending, op.op_id());
+                    let out = output(fx.sandbox.run_etcdctl(
                         &["put".into(), key],
-                        &env,
+                        &fx.env,
                         Some(&op.to_json()),
                         ETCDCTL_TIMEOUT,
                     ));
                     assert_eq!(out.code, 0, "{}", out.stderr);
                 }
-                let clock = Instant::now();
-                let mut timing = Timing::default();
-                if let Some(ms) = std::env::var("REWATCH").ok().and_then(|v| v.parse().ok()) {
-                    timing.rewatch_delay_ms = ms;
-                }
-                let mut worker = Worker::new(keys.clone(), owner.clone(), timing, 0);
-                // What the driver's `Prepared` does: the call after a lock watch is started
-                // while the watch runs.
-                let mut ahead: Option<(Vec<String>, StartedEtcdctl)> = None;
-                loop {
-                    match worker.poll(clock.elapsed().as_millis() as u64) {
-                        Step::Etcdctl(call) => {
-                            let (args, stdin) = call.argv();
-                            let out = output(match ahead.take() {
-                                Some((ready, started)) if ready == args => {
-                                    started.finish(stdin.as_deref(), ETCDCTL_TIMEOUT)
-                                }
-                                _ => sandbox.run_etcdctl(
-                                    &args,
-                                    &env,
-                                    stdin.as_deref(),
-                                    ETCDCTL_TIMEOUT,
-                                ),
-                            });
-                            let was_holding = worker.holding();
-                            worker.handle(out);
-                            if matches!(call, Call::TxnJson(_)) && !was_holding && worker.holding()
-                            {
-                                marks.lock().unwrap().push((unit, Mark::Acquired, now_ns()));
-                            }
-                        }
-                        Step::Watch(call, timeout_ms) => {
-                            if let (None, Some(next)) = (&ahead, worker.args_after_watch()) {
-                                let started = sandbox.start_etcdctl(&next, &env).expect("start");
-                                ahead = Some((next, started));
-                            }
-                            let (args, _) = call.argv();
-                            let out = output(sandbox.watch_etcdctl(
-                                &args,
-                                &env,
-                                Duration::from_millis(timeout_ms.into()),
-                            ));
-                            if matches!(&call, Call::Watch { key, .. } if *key == keys.lock) {
-                                marks
-                                    .lock()
-                                    .unwrap()
-                                    .push((unit, Mark::WatchedLock, now_ns()));
-                            }
-                            let was_holding = worker.holding();
-                            worker.handle(out);
-                            if !was_holding && worker.holding() {
-                                // Handed over: the watch itself brought the lock.
-                                marks.lock().unwrap().push((unit, Mark::Acquired, now_ns()));
-                            }
-                        }
-                        Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
-                        Step::Dispatch(event) => {
-                            assert_eq!(event, LOCK_GRANTED_HOOK);
-                            // What the driver writes to the claim file before dispatching.
-                            let now = (now_ns() / 1000) as i64;
-                            let claim = worker.claim().map(|c| WorkerClaim {
-                                op_id: c.op.op_id(),
-                                lease: c.lease,
-                                lease_certain_until_micros: now + c.certain_ms as i64 * 1000,
-                            });
-                            hook(&sandbox, &env, &keys, &owner, claim, unit, &marks);
-                        }
-                        Step::Exit(result) => {
-                            result.expect("worker");
-                            return;
-                        }
-                    }
-                }
+                let config = Config {
+                    peer_relation_name: "restart".into(),
+                    etcd_relation_name: Some("etcd".into()),
+                    cluster_id: Some("bench".into()),
+                    base_dir: "/bench".into(),
+                    callback_ids: vec![],
+                    sync_lock_ids: vec![],
+                };
+                driver::run_worker(&config, &mut fx).expect("worker");
             })
         })
         .collect();
@@ -349,8 +483,9 @@ fn stats(values: &[f64]) -> (f64, f64) {
     (pick(0.5), pick(0.95))
 }
 
-/// The rollingops hand-off split into steps: holder's finalize txn, the waiter's watch
-/// waking up, the waiter's lock+claim txn, the hook's read.
+/// The rollingops hand-off split into steps: the waiter's watch seeing the lock move (the
+/// holder's hand-over, or its release), the waiter's worker asking for its hook (at once when
+/// handed the lock, after its lock transaction when released), the hook's read.
 fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, Vec<f64>)> {
     let marks = marks.lock().unwrap();
     let last_before = |unit: usize, kind: Mark, from: u128, to: u128| {
@@ -361,31 +496,32 @@ fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, 
             .max()
     };
     let mut parts: Vec<(&'static str, Vec<f64>)> = vec![
+        ("section end -> waiter's watch saw the lock move", vec![]),
+        ("-> waiter's worker asked for its hook", vec![]),
+        ("-> hook read etcd, next section starts", vec![]),
         (
-            "section end -> holder's hand-over (or release) returned",
+            "(holder's finalize txn returned, after section end)",
             vec![],
         ),
-        ("-> waiter's watch returned", vec![]),
-        ("-> waiter holds the lock (handed: at once)", vec![]),
-        ("-> hook read etcd, next section starts", vec![]),
     ];
     for pair in sections.windows(2).filter(|p| p[1].0 != p[0].0) {
         let (a, b) = (pair[0], pair[1]);
         let ms = |from: u128, to: u128| (to as f64 - from as f64) / 1e6;
-        let (Some(finalized), Some(watched), Some(acquired)) = (
-            last_before(a.0, Mark::Finalized, a.2, b.1),
+        if let Some(finalized) = last_before(a.0, Mark::Finalized, a.2, b.1) {
+            parts[3].1.push(ms(a.2, finalized));
+        }
+        let (Some(watched), Some(acquired)) = (
             last_before(b.0, Mark::WatchedLock, a.2, b.1),
             last_before(b.0, Mark::Acquired, a.2, b.1),
         ) else {
             continue;
         };
-        if !(finalized <= watched && watched <= acquired) {
+        if watched > acquired {
             continue;
         }
-        parts[0].1.push(ms(a.2, finalized));
-        parts[1].1.push(ms(finalized, watched));
-        parts[2].1.push(ms(watched, acquired));
-        parts[3].1.push(ms(acquired, b.1));
+        parts[0].1.push(ms(a.2, watched));
+        parts[1].1.push(ms(watched, acquired));
+        parts[2].1.push(ms(acquired, b.1));
     }
     parts
 }

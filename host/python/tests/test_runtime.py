@@ -529,6 +529,8 @@ def test_started_etcdctl_waits_for_its_input_and_dies_when_stopped(
         'case "$1" in\n'
         '  txn) read -r line; echo "got $line $ETCDCTL_API";;\n'
         '  keep) exec sleep 30;;\n'
+        '  stream) echo one; echo two; sleep 0.3; echo three; exec sleep 30;;\n'
+        '  short) echo only; echo oops >&2;;\n'
         'esac\n'
     )
     program.chmod(0o755)
@@ -551,6 +553,24 @@ def test_started_etcdctl_waits_for_its_input_and_dies_when_stopped(
     host.stop_etcdctl(keep)
     assert not _alive(pid), 'stop left it running'
     host.stop_etcdctl(keep)  # an unknown handle is ignored
+
+    # Lines one by one as they come (a watch's stream); none before the timeout; an error
+    # once the process has ended and every line was read.
+    stream = host.start_etcdctl(['stream'], [])
+    assert isinstance(stream, int)
+    assert host.read_etcdctl_line(stream, 4000) == 'one'
+    assert host.read_etcdctl_line(stream, 4000) == 'two'
+    assert host.read_etcdctl_line(stream, 50) is None
+    assert host.read_etcdctl_line(stream, 4000) == 'three'
+    host.stop_etcdctl(stream)
+    short = host.start_etcdctl(['short'], [])
+    assert isinstance(short, int)
+    assert host.read_etcdctl_line(short, 4000) == 'only'
+    ended = host.read_etcdctl_line(short, 4000)
+    assert isinstance(ended, Variant) and ended.tag == 'etcdctl' and 'oops' in ended.payload
+    host.stop_etcdctl(short)
+    unknown = host.read_etcdctl_line(12345, 10)
+    assert isinstance(unknown, Variant) and unknown.tag == 'etcdctl'
 
 
 def test_a_started_etcdctl_dies_with_the_hook_process(tmp_path):

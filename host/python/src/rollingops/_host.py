@@ -497,6 +497,16 @@ class Host:
             return _err('etcdctl', f'writing etcdctl stdin: {e}; etcdctl said: {said}')
         return started.wait(timeout_ms, first_line=False)
 
+    def read_etcdctl_line(self, handle: int, timeout_ms: int) -> str | Variant | None:
+        """The next complete stdout line of a started etcdctl, or None after the timeout."""
+        started = self._started.get(handle)
+        if started is None:
+            return _err('etcdctl', f'no started etcdctl has handle {handle}')
+        try:
+            return started.next_line(timeout_ms)
+        except EOFError as e:
+            return _err('etcdctl', f'etcdctl exited: {e}')
+
     def stop_etcdctl(self, handle: int) -> None:
         started = self._started.pop(handle, None)
         if started is not None:
@@ -687,6 +697,11 @@ class _Drained:
         self._err: list[bytes] = []
         self._first_line = threading.Event()
         self._eof = threading.Event()
+        # Lines dropped from the front of `_out`, and how many lines `next_line` handed out
+        # (both counted from the first line ever read).
+        self._out_dropped = 0
+        self._cursor = 0
+        self._new_line = threading.Condition()
         self._readers = [
             threading.Thread(target=self._read_stdout, args=(child.stdout,), daemon=True),
             threading.Thread(target=self._read_stderr, args=(child.stderr,), daemon=True),
@@ -695,22 +710,53 @@ class _Drained:
             reader.start()
 
     @staticmethod
-    def _keep(chunks: list[bytes], line: bytes) -> None:
+    def _keep(chunks: list[bytes], line: bytes) -> int:
+        """Append a line, dropping the older half past the cap; how many were dropped."""
         chunks.append(line)
         if sum(len(c) for c in chunks[-64:]) > _KEEP_BYTES:
-            del chunks[: len(chunks) // 2]
+            dropped = len(chunks) // 2
+            del chunks[:dropped]
+            return dropped
+        return 0
 
     def _read_stdout(self, pipe: IO[bytes]) -> None:
         for line in iter(pipe.readline, b''):
-            self._keep(self._out, line)
+            with self._new_line:
+                self._out_dropped += self._keep(self._out, line)
+                self._new_line.notify_all()
             if line.endswith(b'\n'):
                 self._first_line.set()
-        self._eof.set()
+        with self._new_line:
+            self._eof.set()
+            self._new_line.notify_all()
         self._first_line.set()
 
     def _read_stderr(self, pipe: IO[bytes]) -> None:
         for line in iter(pipe.readline, b''):
             self._keep(self._err, line)
+
+    def next_line(self, timeout_ms: int) -> str | None:
+        """The next complete stdout line (without its newline), None after the timeout.
+
+        Raises:
+            EOFError: The process has exited and every line was read (its stderr).
+        """
+        deadline = time.monotonic() + timeout_ms / 1000
+        with self._new_line:
+            while True:
+                self._cursor = max(self._cursor, self._out_dropped)
+                index = self._cursor - self._out_dropped
+                if index < len(self._out) and self._out[index].endswith(b'\n'):
+                    self._cursor += 1
+                    return self._out[index][:-1].decode(errors='replace')
+                if self._eof.is_set():
+                    # Let the stderr reader catch up with a process that has just exited.
+                    self._readers[1].join(timeout=0.5)
+                    raise EOFError(b''.join(self._err).decode(errors='replace').strip())
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._new_line.wait(left)
 
     def feed(self, stdin: str | None) -> None:
         """Write ``stdin`` (if any) and close it."""

@@ -65,6 +65,7 @@ _IMPORTS: dict[str, dict[str, str]] = {
         'watch-etcdctl': 'watch_etcdctl',
         'start-etcdctl': 'start_etcdctl',
         'finish-etcdctl': 'finish_etcdctl',
+        'read-etcdctl-line': 'read_etcdctl_line',
         'stop-etcdctl': 'stop_etcdctl',
         'start-worker': 'start_worker',
     },
