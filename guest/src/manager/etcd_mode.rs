@@ -688,6 +688,16 @@ mod tests {
         driver::handle_event(&mut manager, unit, event).unwrap();
     }
 
+    /// What the worker writes before it dispatches the hook: the claimed op's id.
+    fn claim_file_names_the_claimed_op(world: &mut World) {
+        let (_, claimed) = world.etcd.first(&world.keys().inprogress).unwrap();
+        let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
+        world.files.insert(
+            crate::etcd::worker::CLAIM_FILE.into(),
+            op_id.as_bytes().to_vec(),
+        );
+    }
+
     /// What the worker does once it holds the lock: claim the pending head.
     fn worker_claims(world: &mut World) {
         let keys = world.keys();
@@ -818,12 +828,7 @@ mod tests {
             let (first, first_owner, first_lease) = waiter(&mut world, "other/3", 5);
             let (second, _, _) = waiter(&mut world, "other/1", 1);
             let keys = world.keys();
-            let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
-            let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
-            world.files.insert(
-                crate::etcd::worker::CLAIM_FILE.into(),
-                op_id.as_bytes().to_vec(),
-            );
+            claim_file_names_the_claimed_op(&mut world);
             let mut unit = world.unit();
             unit.result = Some(result.into());
             event(&mut unit, Event::LockGranted);
@@ -860,12 +865,7 @@ mod tests {
         let (pending, _) = world.etcd.first(&gone.pending).unwrap();
         world.etcd.delete(&pending);
         let keys = world.keys();
-        let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
-        let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
-        world.files.insert(
-            crate::etcd::worker::CLAIM_FILE.into(),
-            op_id.as_bytes().to_vec(),
-        );
+        claim_file_names_the_claimed_op(&mut world);
         let mut unit = world.unit();
         unit.result = Some("release".into());
         event(&mut unit, Event::LockGranted);
@@ -886,12 +886,7 @@ mod tests {
             request(&mut world.unit(), "{}");
             worker_claims(&mut world);
             let keys = world.keys();
-            let (_, claimed) = world.etcd.first(&keys.inprogress).unwrap();
-            let op_id = crate::op::Operation::from_json(&claimed).unwrap().op_id();
-            world.files.insert(
-                crate::etcd::worker::CLAIM_FILE.into(),
-                op_id.as_bytes().to_vec(),
-            );
+            claim_file_names_the_claimed_op(&mut world);
             let mut unit = world.unit();
             unit.result = Some(result.into());
             event(&mut unit, Event::LockGranted);
