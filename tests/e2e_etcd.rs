@@ -383,7 +383,7 @@ fn two_applications_share_one_etcd_lock_one_restart_at_a_time() {
 }
 
 #[test]
-fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation() {
+fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation_and_returns_when_it_is_back() {
     let _serial = serial();
     let mut etcd = Etcd::start(32_790, 1);
     // update-status every 20 s: a unit whose worker waits for the lock notices a dead etcd
@@ -458,6 +458,62 @@ fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation() {
             );
         }
     }
+
+    // etcd comes back: the next requests go to etcd again (the stale queues the fallback
+    // left there are cleaned first), and etcd alone decides the turns across both
+    // applications again.
+    etcd.restart(0);
+    let back_at = crate::fake_juju::now_micros();
+    request_everywhere(&models, 0.5);
+    let twice = |model: &Model| {
+        let completed = model.completed();
+        model
+            .units
+            .iter()
+            .all(|u| completed.get(u).copied().unwrap_or(0) >= 2)
+            && peer_idle(model)
+            && workers_running(model).is_empty()
+    };
+    let finished = a.wait_until(TIMEOUT, |_| twice(&a) && twice(&b));
+    assert!(
+        finished,
+        "the restarts after etcd came back did not finish\n{}",
+        dump(&models)
+    );
+    let again: Vec<Restart> = a
+        .restarts()
+        .into_iter()
+        .chain(b.restarts())
+        .filter(|r| r.start > back_at)
+        .collect();
+    assert_eq!(again.len(), 5, "each unit once more\n{}", dump(&models));
+    let problems = overlaps(again);
+    assert!(problems.is_empty(), "{problems:#?}\n{}", dump(&models));
+    for model in models {
+        let peer_grants: Vec<_> = model
+            .journal()
+            .into_iter()
+            .filter(|j| j.end > back_at && j.grant.as_deref().is_some_and(|g| !g.is_empty()))
+            .collect();
+        assert!(
+            peer_grants.is_empty(),
+            "{peer_grants:#?}\n{}",
+            dump(&models)
+        );
+        for (unit, bag) in model.unit_bags() {
+            assert_eq!(
+                bag["processing_backend"],
+                "etcd",
+                "{unit} did not return to etcd\n{}",
+                dump(&models)
+            );
+        }
+    }
+    assert_eq!(
+        lock_holders(&etcd).trim(),
+        "",
+        "the etcd lock is still held"
+    );
     if std::env::var_os("E2E_DUMP").is_some() {
         println!("{}", dump(&models));
     }

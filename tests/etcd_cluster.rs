@@ -1,7 +1,7 @@
 //! A throwaway etcd cluster on loopback with TLS and client-certificate auth, for tests and
 //! benchmarks, and a plain etcdctl runner.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,7 @@ pub fn make_certs(dir: &std::path::Path) {
 /// TLS with client-certificate authentication; stopped on drop.
 pub struct Etcd {
     members: Vec<Option<Child>>,
+    specs: Vec<Member>,
     /// Where certificates, data and logs live.
     pub dir: PathBuf,
     /// Client URLs.
@@ -98,51 +99,28 @@ impl Etcd {
             .collect();
         let cluster: Vec<String> = (0..members).map(|i| format!("m{i}={}", peer(i))).collect();
         let cluster = cluster.join(",");
-        let children = (0..members)
-            .map(|i| {
-                let child = Command::new("etcd")
-                    .args(["--name", &format!("m{i}"), "--data-dir"])
-                    .arg(dir.join(format!("data{i}")))
-                    .args([
-                        "--listen-client-urls",
-                        &endpoints[i],
-                        "--advertise-client-urls",
-                        &endpoints[i],
-                    ])
-                    .args([
-                        "--listen-peer-urls",
-                        &peer(i),
-                        "--initial-advertise-peer-urls",
-                        &peer(i),
-                    ])
-                    .args([
-                        "--initial-cluster",
-                        &cluster,
-                        "--initial-cluster-state",
-                        "new",
-                    ])
-                    .args(["--client-cert-auth", "--trusted-ca-file"])
-                    .arg(dir.join("ca.pem"))
-                    .arg("--cert-file")
-                    .arg(dir.join("server.pem"))
-                    .arg("--key-file")
-                    .arg(dir.join("server.key"))
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(dir.join(format!("etcd{i}.log"))).unwrap())
-                    .spawn()
-                    .expect(
-                        "etcd is installed (Debian package etcd-server; ./test.sh installs it)",
-                    );
-                Some(child)
+        let members: Vec<Member> = (0..members)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: endpoints[i].clone(),
+                peer: peer(i),
+                cluster: cluster.clone(),
             })
             .collect();
+        let children = members.iter().map(|m| Some(m.spawn(&dir))).collect();
         let etcd = Etcd {
             members: children,
+            specs: members,
             dir,
             endpoints,
         };
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while etcd
+        while self
             .etcdctl(&["endpoint", "health", "--cluster"], None)
             .code
             != 0
@@ -150,7 +128,14 @@ impl Etcd {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(200));
         }
-        etcd
+    }
+
+    /// Start a killed member again on its data directory and wait until the cluster is
+    /// healthy.
+    pub fn restart(&mut self, member: usize) {
+        assert!(self.members[member].is_none(), "member {member} runs");
+        self.members[member] = Some(self.specs[member].spawn(&self.dir));
+        self.wait_healthy();
     }
 
     pub fn env(&self) -> Vec<(String, String)> {
@@ -185,11 +170,63 @@ impl Etcd {
         rollingops::sandbox::Sandbox::new(&charm, self.dir.join("base"))
     }
 
+    /// Stop a member (SIGKILL).
     pub fn kill(&mut self, member: usize) {
         if let Some(mut child) = self.members[member].take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// How one member is started.
+struct Member {
+    name: String,
+    client: String,
+    peer: String,
+    cluster: String,
+}
+
+impl Member {
+    fn spawn(&self, dir: &Path) -> Child {
+        let index = self.name.trim_start_matches('m');
+        Command::new("etcd")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(dir.join(format!("data{index}")))
+            .args([
+                "--listen-client-urls",
+                &self.client,
+                "--advertise-client-urls",
+                &self.client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &self.peer,
+                "--initial-advertise-peer-urls",
+                &self.peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &self.cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args(["--client-cert-auth", "--trusted-ca-file"])
+            .arg(dir.join("ca.pem"))
+            .arg("--cert-file")
+            .arg(dir.join("server.pem"))
+            .arg("--key-file")
+            .arg(dir.join("server.key"))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("etcd{index}.log")))
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("etcd is installed (Debian package etcd-server; ./test.sh installs it)")
     }
 }
 
