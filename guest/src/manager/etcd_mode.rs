@@ -698,18 +698,17 @@ mod tests {
         );
     }
 
+    /// A 60 s lease from the fake etcd: its id.
+    fn grant_lease(world: &mut World) -> String {
+        let granted = world.etcd.run(&Call::LeaseGrant(60)).stdout;
+        granted.split_whitespace().nth(1).unwrap().to_string()
+    }
+
     /// What the worker does once it holds the lock: claim the pending head.
     fn worker_claims(world: &mut World) {
         let keys = world.keys();
         let owner = owner(MODEL, "app/0");
-        let lease = world
-            .etcd
-            .run(&Call::LeaseGrant(60))
-            .stdout
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string();
+        let lease = grant_lease(world);
         let acquired = world.etcd.run(&Call::Txn(crate::etcd::txn::acquire(
             &keys.lock, &owner, &lease,
         )));
@@ -780,14 +779,7 @@ mod tests {
     fn waiter(world: &mut World, unit: &str, micros: i64) -> (Keys, String, String) {
         let owner = owner(MODEL, unit);
         let keys = Keys::new("c1", &owner);
-        let lease = world
-            .etcd
-            .run(&Call::LeaseGrant(60))
-            .stdout
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_string();
+        let lease = grant_lease(world);
         let op = crate::op::Operation::new(
             "restart",
             Default::default(),
