@@ -2,9 +2,9 @@
 //!
 //! A unit that finds the lock held registers as a waiter in the same transaction
 //! (`<cluster>/waiting/<owner>`, bound to its lease, holding the op it wants to run), then
-//! watches the lock key. The lock-granted hook of the holder, when it finishes its op, reads
-//! the registrations (a read started before its callback, so it costs nothing on the way
-//! out) and, instead of deleting the lock key, puts it to the oldest registration's owner
+//! watches the lock key. The lock-granted hook of the holder reads the registrations with
+//! everything else it reads before its callback (one transaction) and, when it finishes its
+//! op, instead of deleting the lock key, puts it to the oldest registration's owner
 //! under that owner's lease and moves that owner's op to `inprogress` — exactly the writes
 //! the waiter's own lock-and-claim transaction would have made, in the holder's finalize
 //! transaction. The waiter's watch reports the lock key put to its own name: it holds the
@@ -18,7 +18,9 @@
 //! left (its worker revoked its lease, or the lease lapsed) has no registration any more.
 //! Otherwise the hook releases plainly and waiters compete as before. Units running the
 //! reference never register and never see these keys; they take the lock when it is
-//! released plainly, which happens whenever no registered waiter is left.
+//! released plainly, which happens whenever no registered waiter is left. (A waiter that
+//! registers while the holder's callback runs is not in that read; it competes at the plain
+//! release that follows.)
 
 use crate::etcd::etcdctl::Kv;
 use crate::etcd::keys::Keys;

@@ -12,11 +12,16 @@
 //!   held watches the lock key from the revision at which it saw it held (so a release in
 //!   between is not missed) and tries again at the first event, and after a release it
 //!   yields briefly before competing again so that waiting units get the key first;
-//! * taking the lock and claiming the pending head is one transaction, and the hook that
-//!   finishes an op drops or requeues it and releases the lock in one transaction (when the
-//!   worker that claimed it is this one, see [`CLAIM_FILE`]); the worker watches its
-//!   in-progress key to learn that the hook is done. The keys and values written are those
-//!   of the reference's sequence of transactions, so other units see the same states;
+//! * taking the lock and claiming the pending head is one transaction, which also registers
+//!   the worker as a waiter when the lock is held; the hook that finishes an op drops or
+//!   requeues it and hands the lock to the oldest waiter (or releases it) in one
+//!   transaction (when the worker that claimed it is this one, see [`CLAIM_FILE`] and
+//!   [`crate::etcd::handoff`]); a waiter handed the lock learns it from its watch, with its
+//!   op already claimed; the worker watches its in-progress key to learn that the hook is
+//!   done. The lock and queue keys and values written are those of the reference's sequence
+//!   of transactions, so other units see the same states;
+//! * a watch is one process read event by event (see [`crate::driver::Prepared`]), and the
+//!   lock transaction after a watch is started ahead;
 //! * the lease is kept alive with `lease keep-alive --once` between steps (no helper
 //!   process); if the worker dies the lease lapses within its TTL and the key goes with it;
 //! * the worker exits when its unit has nothing pending instead of idling forever, and a
