@@ -721,6 +721,7 @@ fn sync_etcd(manager: &Manager) -> Option<SyncEtcd> {
     let (owner, keys) = etcd.identity(manager.unit());
     Some(SyncEtcd {
         env,
+        waiting_entry: keys.waiting_entry(&format!("{owner}:sync")),
         lock: keys.lock,
         owner,
     })

@@ -18,6 +18,7 @@
 
 use super::{Effects, HOOK_ATTEMPTS, Prepared, run_args_with_retries};
 use crate::etcd::etcdctl;
+use crate::etcd::handoff::Registration;
 use crate::etcd::txn;
 use crate::etcd::worker::Call;
 use crate::manager::LogLevel;
@@ -38,6 +39,8 @@ pub(super) struct SyncEtcd {
     pub(super) lock: String,
     /// This unit's asynchronous owner (its worker's).
     pub(super) owner: String,
+    /// The sync owner's waiter registration key.
+    pub(super) waiting_entry: String,
 }
 
 impl SyncEtcd {
@@ -99,8 +102,22 @@ fn wait_for_lock(
     deadline: Option<i64>,
 ) -> Result<(), Refusal> {
     let sync_owner = etcd.sync_owner();
+    // Registered as a waiter like any worker (see `crate::etcd::handoff`): a holder that
+    // finishes hands the lock straight to the oldest waiter, this one included, so a sync
+    // request is served in its turn, not only when the lock happens to be released plainly.
+    let registration = Registration {
+        owner: sync_owner.clone(),
+        lease: hold.lease.clone(),
+        op: None,
+    }
+    .encode();
     loop {
-        let body = txn::acquire_or_read(&etcd.lock, &sync_owner, &hold.lease);
+        let body = txn::acquire_or_register(
+            &etcd.lock,
+            &sync_owner,
+            &hold.lease,
+            (&etcd.waiting_entry, &registration),
+        );
         let stdout = run(fx, etcd, &Call::TxnJson(body)).map_err(Refusal::Unusable)?;
         let reply = etcdctl::parse_txn_json(&stdout).map_err(|e| Refusal::Unusable(e.0))?;
         let holder = reply.ranges.first().and_then(|kvs| kvs.first());

@@ -848,6 +848,44 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_sync_lock_request_is_handed_the_lock_in_its_turn() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        // Another unit's `acquire_sync_lock` found the lock held and registered.
+        let sync_owner = format!("{}:sync", owner(MODEL, "other/0"));
+        let keys = world.keys();
+        let lease = grant_lease(&mut world);
+        let registration = crate::etcd::handoff::Registration {
+            owner: sync_owner.clone(),
+            lease: lease.clone(),
+            op: None,
+        };
+        let entry = keys.waiting_entry(&sync_owner);
+        let attempt = world
+            .etcd
+            .run(&Call::TxnJson(crate::etcd::txn::acquire_or_register(
+                &keys.lock,
+                &sync_owner,
+                &lease,
+                (&entry, &registration.encode()),
+            )));
+        assert!(
+            !attempt.stdout.contains("\"succeeded\""),
+            "the lock is held"
+        );
+        claim_file_names_the_claimed_op(&mut world);
+        let mut unit = world.unit();
+        unit.result = Some("release".into());
+        event(&mut unit, Event::LockGranted);
+        let lock = world.etcd.kv.get(&keys.lock).cloned().expect("handed over");
+        assert_eq!(lock.0, sync_owner);
+        assert_eq!(lock.1.map(|l| format!("{l:x}")), Some(lease));
+        assert_eq!(world.etcd.get(&entry), None, "its registration is used up");
+        assert_eq!(world.etcd.first(&keys.inprogress), None, "ours is done");
+    }
+
+    #[test]
     fn a_waiter_that_left_gets_nothing_and_the_lock_is_released() {
         let mut world = World::configured();
         request(&mut world.unit(), "{}");
