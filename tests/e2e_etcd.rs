@@ -218,13 +218,39 @@ fn workers_running(model: &Model) -> Vec<String> {
 }
 
 fn done(model: &Model) -> bool {
+    done_times(model, 1)
+}
+
+/// Every unit has restarted at least `times` times, and nothing is left queued or running.
+fn done_times(model: &Model, times: usize) -> bool {
     let completed = model.completed();
     model
         .units
         .iter()
-        .all(|u| completed.get(u).copied().unwrap_or(0) >= 1)
+        .all(|u| completed.get(u).copied().unwrap_or(0) >= times)
         && peer_idle(model)
         && workers_running(model).is_empty()
+}
+
+/// Two applications (3 + 2 units) on one etcd and one cluster id, their relation data
+/// provided; their workers are stopped when the returned guard goes.
+fn two_applications(
+    name: &str,
+    etcd: &Etcd,
+    update_status: Option<Duration>,
+) -> (Model, Model, StopWorkers) {
+    let a = deploy(&format!("{name}-a"), "a", 3, etcd, update_status);
+    let b = deploy(&format!("{name}-b"), "b", 2, etcd, update_status);
+    let stop = StopWorkers(
+        a.units
+            .iter()
+            .map(|u| a.base_dir(u))
+            .chain(b.units.iter().map(|u| b.base_dir(u)))
+            .collect(),
+    );
+    provide(&a, etcd);
+    provide(&b, etcd);
+    (a, b, stop)
 }
 
 /// Overlapping callbacks among `runs` (sorted by start here).
@@ -297,17 +323,7 @@ fn exactly_once(models: &[&Model]) {
 fn two_applications_share_one_etcd_lock_one_restart_at_a_time() {
     let _serial = serial();
     let etcd = Etcd::start(31_790, 1);
-    let a = deploy("etcd-a", "a", 3, &etcd, None);
-    let b = deploy("etcd-b", "b", 2, &etcd, None);
-    let _stop = StopWorkers(
-        a.units
-            .iter()
-            .map(|u| a.base_dir(u))
-            .chain(b.units.iter().map(|u| b.base_dir(u)))
-            .collect(),
-    );
-    provide(&a, &etcd);
-    provide(&b, &etcd);
+    let (a, b, _stop) = two_applications("etcd", &etcd, None);
     let models = [&a, &b];
     request_everywhere(&models, 0.3);
     let finished = a.wait_until(TIMEOUT, |_| done(&a) && done(&b));
@@ -390,17 +406,7 @@ fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation_and_returns_wh
     // only after its retry budget (13 etcdctl calls of up to 15 s each: `etcdctl txn` has no
     // command timeout), about 3.5 minutes; update-status checks etcd and falls back sooner.
     let every = Some(Duration::from_secs(20));
-    let a = deploy("etcd-lost-a", "a", 3, &etcd, every);
-    let b = deploy("etcd-lost-b", "b", 2, &etcd, every);
-    let _stop = StopWorkers(
-        a.units
-            .iter()
-            .map(|u| a.base_dir(u))
-            .chain(b.units.iter().map(|u| b.base_dir(u)))
-            .collect(),
-    );
-    provide(&a, &etcd);
-    provide(&b, &etcd);
+    let (a, b, _stop) = two_applications("etcd-lost", &etcd, every);
     let models = [&a, &b];
     request_everywhere(&models, 0.5);
     // Stop etcd once the first restart is done and others are still queued.
@@ -465,16 +471,7 @@ fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation_and_returns_wh
     etcd.restart(0);
     let back_at = crate::fake_juju::now_micros();
     request_everywhere(&models, 0.5);
-    let twice = |model: &Model| {
-        let completed = model.completed();
-        model
-            .units
-            .iter()
-            .all(|u| completed.get(u).copied().unwrap_or(0) >= 2)
-            && peer_idle(model)
-            && workers_running(model).is_empty()
-    };
-    let finished = a.wait_until(TIMEOUT, |_| twice(&a) && twice(&b));
+    let finished = a.wait_until(TIMEOUT, |_| done_times(&a, 2) && done_times(&b, 2));
     assert!(
         finished,
         "the restarts after etcd came back did not finish\n{}",

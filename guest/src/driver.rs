@@ -509,6 +509,16 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
     }
 }
 
+/// What the worker is told when the host could not run etcdctl at all.
+fn not_run(e: Error) -> Output {
+    Output {
+        code: 127,
+        stdout: String::new(),
+        stderr: e.to_string(),
+        timed_out: false,
+    }
+}
+
 fn stop(worker: &mut Worker, fx: &mut impl Effects) {
     fx.log(LogLevel::Info, "etcd worker asked to stop; releasing.");
     worker.stop();
@@ -528,12 +538,7 @@ fn work(
             Step::Etcdctl(call) => {
                 let (args, stdin) = call.argv();
                 let output = prepared.run(fx, &args, env, stdin.as_deref(), ETCDCTL_TIMEOUT_MS);
-                worker.handle(output.unwrap_or_else(|e| Output {
-                    code: 127,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                    timed_out: false,
-                }));
+                worker.handle(output.unwrap_or_else(not_run));
             }
             Step::Sleep(ms) => {
                 if fx.read_file(worker::STOP_FILE)?.is_some() {
@@ -551,12 +556,7 @@ fn work(
                     prepared.prepare(fx, &next, env);
                 }
                 let output = prepared.watch(fx, &call, env, timeout_ms);
-                worker.handle(output.unwrap_or_else(|e| Output {
-                    code: 127,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                    timed_out: false,
-                }));
+                worker.handle(output.unwrap_or_else(not_run));
             }
             Step::Dispatch(event) => {
                 let claim = worker

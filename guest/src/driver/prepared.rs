@@ -1,10 +1,9 @@
 //! etcdctl invocations started ahead of need: the process start-up and the TLS connection
 //! (`etcdctl txn` connects before it reads its body) happen while nothing waits on them, so
 //! the call itself costs about one round trip. Used where a hand-off waits on the call: the
-//! worker's lock transaction after a watch, the hook's finalize after the callback (and the
-//! registrations read during it). Also holds the `lease keep-alive` a hook runs while its
-//! callback does, and the worker's `watch` kept running between events, so that all of
-//! them end with their owner.
+//! worker's lock transaction after a watch, the hook's finalize after the callback. Also
+//! holds the `lease keep-alive` a hook runs while its callback does, and the worker's
+//! `watch` kept running between events, so that all of them end with their owner.
 
 use super::Effects;
 use crate::error::Error;
@@ -18,6 +17,8 @@ type Invocation = (Vec<String>, Vec<(String, String)>);
 #[derive(Debug, Default)]
 pub struct Prepared {
     waiting: Vec<(Invocation, u32)>,
+    /// Processes that run until [`Prepared::stop_all`].
+    running: Vec<u32>,
     stream: Option<WatchStream>,
 }
 
@@ -68,8 +69,7 @@ impl Prepared {
         args: &[String],
         env: &[(String, String)],
     ) -> Result<(), Error> {
-        let handle = fx.start_etcdctl(args, env)?;
-        self.waiting.push(((args.to_vec(), env.to_vec()), handle));
+        self.running.push(fx.start_etcdctl(args, env)?);
         Ok(())
     }
 
@@ -147,7 +147,8 @@ impl Prepared {
 
     /// Kill whatever is still waiting or running.
     pub fn stop_all(&mut self, fx: &mut impl Effects) {
-        for (_, handle) in self.waiting.drain(..) {
+        let waiting = self.waiting.drain(..).map(|(_, handle)| handle);
+        for handle in waiting.chain(self.running.drain(..)) {
             fx.stop_etcdctl(handle);
         }
         self.stop_stream(fx);

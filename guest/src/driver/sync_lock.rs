@@ -16,7 +16,7 @@
 //! kills it with the hook's process: if the hook dies holding the lock, the lease lapses
 //! within its TTL and etcd frees the key.
 
-use super::{Effects, HOOK_ATTEMPTS, Prepared, run_args_with_retries};
+use super::{Effects, HOOK_ATTEMPTS, run_with_retries};
 use crate::etcd::etcdctl;
 use crate::etcd::handoff::Registration;
 use crate::etcd::txn;
@@ -75,7 +75,8 @@ pub(super) fn acquire(
 ) -> Result<EtcdHold, Refusal> {
     let deadline = timeout_seconds.map(|s| fx.now().micros() + i64::from(s) * 1_000_000);
     let lease = etcdctl::parse_lease_grant(
-        &run(fx, etcd, &Call::LeaseGrant(LEASE_TTL)).map_err(Refusal::Unusable)?,
+        &run_with_retries(fx, &Call::LeaseGrant(LEASE_TTL), &etcd.env, HOOK_ATTEMPTS)
+            .map_err(Refusal::Unusable)?,
     )
     .map_err(|e| Refusal::Unusable(e.0))?;
     let keep_alive = match fx.start_etcdctl(
@@ -118,12 +119,14 @@ fn wait_for_lock(
             &hold.lease,
             (&etcd.waiting_entry, &registration),
         );
-        let stdout = run(fx, etcd, &Call::TxnJson(body)).map_err(Refusal::Unusable)?;
+        let stdout = run_with_retries(fx, &Call::TxnJson(body), &etcd.env, HOOK_ATTEMPTS)
+            .map_err(Refusal::Unusable)?;
         let reply = etcdctl::parse_txn_json(&stdout).map_err(|e| Refusal::Unusable(e.0))?;
         let holder = reply.ranges.first().and_then(|kvs| kvs.first());
         // A retried call whose first reply was lost finds its own write.
-        let ours =
-            holder.is_some_and(|kv| kv.value == sync_owner && same_id(&kv.lease, &hold.lease));
+        let ours = holder.is_some_and(|kv| {
+            kv.value == sync_owner && etcdctl::same_lease(&kv.lease, &hold.lease)
+        });
         if reply.succeeded || ours {
             return Ok(());
         }
@@ -165,7 +168,7 @@ fn wait_for_lock(
 /// run, and an unrevoked lease lapses within its TTL once the keep-alive is gone.
 pub(super) fn release(fx: &mut impl Effects, etcd: &SyncEtcd, hold: EtcdHold) {
     let body = txn::release(&etcd.lock, &etcd.sync_owner());
-    if let Err(why) = run(fx, etcd, &Call::Txn(body)) {
+    if let Err(why) = run_with_retries(fx, &Call::Txn(body), &etcd.env, HOOK_ATTEMPTS) {
         fx.log(
             LogLevel::Warning,
             &format!("Releasing the etcd sync lock failed ({why}); revoking its lease."),
@@ -180,7 +183,12 @@ fn give_up(fx: &mut impl Effects, etcd: &SyncEtcd, hold: &EtcdHold) {
 }
 
 fn revoke(fx: &mut impl Effects, etcd: &SyncEtcd, lease: &str) {
-    if let Err(why) = run(fx, etcd, &Call::LeaseRevoke(lease.to_string())) {
+    if let Err(why) = run_with_retries(
+        fx,
+        &Call::LeaseRevoke(lease.to_string()),
+        &etcd.env,
+        HOOK_ATTEMPTS,
+    ) {
         fx.log(
             LogLevel::Warning,
             &format!(
@@ -188,21 +196,4 @@ fn revoke(fx: &mut impl Effects, etcd: &SyncEtcd, lease: &str) {
             ),
         );
     }
-}
-
-fn run(fx: &mut impl Effects, etcd: &SyncEtcd, call: &Call) -> Result<String, String> {
-    let (args, stdin) = call.argv();
-    run_args_with_retries(
-        fx,
-        &mut Prepared::default(),
-        &args,
-        stdin.as_deref(),
-        &etcd.env,
-        HOOK_ATTEMPTS,
-    )
-}
-
-fn same_id(a: &str, b: &str) -> bool {
-    let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
-    id(a).is_some() && id(a) == id(b)
 }

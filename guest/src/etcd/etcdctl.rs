@@ -234,6 +234,12 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Two lease ids in etcdctl's hexadecimal form name the same lease.
+pub fn same_lease(a: &str, b: &str) -> bool {
+    let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
+    id(a).is_some() && id(a) == id(b)
+}
+
 /// A `-w json watch` that returned: did it report an event, or end without one?
 pub fn watch_saw_event(stdout: &str) -> bool {
     !parse_watch_events(stdout).is_empty()

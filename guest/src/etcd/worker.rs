@@ -834,10 +834,9 @@ impl Worker {
     }
 }
 
-/// Two lease ids in etcdctl's hexadecimal form name the same lease.
+/// `a` names the lease `b` (when there is one).
 fn same_lease(a: &str, b: Option<&str>) -> bool {
-    let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
-    b.is_some_and(|b| id(a).is_some() && id(a) == id(b))
+    b.is_some_and(|b| etcdctl::same_lease(a, b))
 }
 
 #[cfg(test)]
