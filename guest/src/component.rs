@@ -44,10 +44,20 @@ impl ManagerResource {
         &self,
         f: impl FnOnce(&mut Manager, &mut Imports) -> Result<T, Error>,
     ) -> Result<T, wit::Error> {
+        self.with_event(None, f)
+    }
+
+    /// [`Self::with`], loading the snapshot for `event` when this is the manager's first use.
+    fn with_event<T>(
+        &self,
+        event: Option<&Event>,
+        f: impl FnOnce(&mut Manager, &mut Imports) -> Result<T, Error>,
+    ) -> Result<T, wit::Error> {
         let mut fx = Imports;
         let mut slot = self.loaded.borrow_mut();
         if slot.is_none() {
-            *slot = Some(driver::load(self.config.clone(), &mut fx).map_err(to_wit)?);
+            let manager = driver::load_for(self.config.clone(), &mut fx, event).map_err(to_wit)?;
+            *slot = Some(manager);
         }
         f(slot.as_mut().expect("just loaded"), &mut fx).map_err(to_wit)
     }
@@ -147,7 +157,8 @@ impl GuestManager for ManagerResource {
             wit::Event::EtcdRelationBroken => Event::EtcdRelationBroken,
             wit::Event::SecretChanged(label) => Event::SecretChanged(label),
         };
-        self.with(|m, fx| driver::handle_event(m, fx, event))
+        let first_use = event.clone();
+        self.with_event(Some(&first_use), |m, fx| driver::handle_event(m, fx, event))
     }
 
     fn state(&self) -> Result<wit::State, wit::Error> {

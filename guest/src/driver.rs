@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::etcd::config::{ETCDCTL_JSON, SERVER_CA, environment};
 use crate::etcd::etcdctl::{self, Failure};
 use crate::etcd::keys;
-use crate::etcd::turn::{self, WorkerClaim};
+use crate::etcd::turn::{self, EtcdFacts, WorkerClaim};
 use crate::etcd::worker::{self, Call, LOCK_GRANTED_HOOK, Output, Step, Timing, Worker};
 use crate::manager::{
     CallbackOutcome, ClientIdentity, Command, Config, EtcdContext, Event, HookContext, LogLevel,
@@ -193,6 +193,17 @@ pub trait Effects {
 
 /// Read this hook's snapshot and build the manager.
 pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
+    load_for(config, fx, None)
+}
+
+/// [`load`], knowing the hook's first use of the manager: for `event`, when it is the
+/// lock-granted hook, an etcd-managed unit may take its worker's claim at its word instead
+/// of reading etcd (see [`WorkerClaim`]).
+pub fn load_for(
+    config: Config,
+    fx: &mut impl Effects,
+    event: Option<&Event>,
+) -> Result<Manager, Error> {
     config.validate()?;
     let unit = fx.unit_name();
     let now = fx.now();
@@ -229,7 +240,12 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
                 .is_some_and(|b| b == "etcd");
             let relation = etcd_relation::load(fx, endpoint, &unit, leader)?;
             let exists = relation.relation_id.is_some();
-            let etcd = load_etcd(fx, exists, cluster, &unit, etcd_managed)?;
+            let facts = match (etcd_managed, event) {
+                (false, _) => Facts::Skip,
+                (true, Some(Event::LockGranted)) => Facts::ClaimOrRead(now),
+                (true, _) => Facts::Read,
+            };
+            let etcd = load_etcd(fx, exists, cluster, &unit, facts)?;
             (Some(etcd), Some(relation))
         }
         _ => (None, None),
@@ -247,6 +263,17 @@ pub fn load(config: Config, fx: &mut impl Effects) -> Result<Manager, Error> {
     )
 }
 
+/// Whether and how a hook learns what etcd holds for its unit.
+enum Facts {
+    /// Not an etcd-managed unit.
+    Skip,
+    /// Read etcd.
+    Read,
+    /// The lock-granted hook at this time: take the worker's claim at its word if it may
+    /// be, else read etcd.
+    ClaimOrRead(Timestamp),
+}
+
 /// What the hook knows about etcd: relation, configuration, and (for an etcd-managed unit)
 /// the lock and this unit's queues.
 fn load_etcd(
@@ -254,7 +281,7 @@ fn load_etcd(
     relation: bool,
     cluster_id: &str,
     unit: &str,
-    read_facts: bool,
+    facts: Facts,
 ) -> Result<EtcdContext, Error> {
     let environment = match (fx.read_file(ETCDCTL_JSON), fx.read_file(SERVER_CA)) {
         (Ok(Some(config)), Ok(Some(_))) => environment(&String::from_utf8_lossy(&config)),
@@ -267,30 +294,43 @@ fn load_etcd(
         (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
     };
     let model_uuid = fx.model_uuid();
+    // Unreadable, no claim may be taken at its word (nor a grant recorded).
+    let last_grant = match fx.read_file(turn::GRANT_FILE) {
+        Ok(Some(text)) => turn::decode_last_grant(&String::from_utf8_lossy(&text)),
+        Ok(None) => 0,
+        Err(_) => u64::MAX,
+    };
     let mut context = EtcdContext {
         model_uuid,
         cluster_id: cluster_id.to_string(),
         relation,
         environment,
         facts: None,
+        last_grant,
     };
-    if read_facts && context.unusable().is_none() {
-        let env = context.environment.clone().unwrap_or_default();
-        let (_, keys) = context.identity(unit);
-        let facts = run_with_retries(fx, &turn::read(&keys), &env, HOOK_ATTEMPTS)
-            .and_then(|out| turn::parse(&out));
-        let facts = facts.map(|mut facts| {
-            if facts.inprogress.is_some() {
-                facts.worker_claim = fx
-                    .read_file(worker::CLAIM_FILE)
-                    .ok()
-                    .flatten()
-                    .map(|text| WorkerClaim::decode(&String::from_utf8_lossy(&text)));
-            }
+    if matches!(facts, Facts::Skip) || context.unusable().is_some() {
+        return Ok(context);
+    }
+    let (owner, keys) = context.identity(unit);
+    let claim = fx
+        .read_file(worker::CLAIM_FILE)
+        .ok()
+        .flatten()
+        .map(|text| WorkerClaim::decode(&String::from_utf8_lossy(&text)));
+    if let (Facts::ClaimOrRead(now), Some(claim)) = (&facts, &claim)
+        && let Some((key, op)) = claim.taken_at_its_word(last_grant, now.micros())
+    {
+        context.facts = Some(Ok(EtcdFacts::from_claim(&owner, claim.clone(), key, op)));
+        return Ok(context);
+    }
+    let env = context.environment.clone().unwrap_or_default();
+    let facts = run_with_retries(fx, &turn::read(&keys), &env, HOOK_ATTEMPTS)
+        .and_then(|out| turn::parse(&out))
+        .map(|mut facts| {
+            facts.worker_claim = claim.filter(|_| facts.inprogress.is_some());
             facts
         });
-        context.facts = Some(facts);
-    }
+    context.facts = Some(facts);
     Ok(context)
 }
 
@@ -441,6 +481,12 @@ fn drive_with(
                     );
                 }
             }
+            Command::RecordGrant { revision } => {
+                let text = format!("{revision}\n");
+                if let Err(e) = fx.write_file(turn::GRANT_FILE, text.as_bytes(), 0o644) {
+                    manager.handle_grant_unrecorded(&e.to_string());
+                }
+            }
             Command::StartWorker => {
                 let _ = fx.remove_file(worker::STOP_FILE);
                 if let Err(e) = fx.start_worker() {
@@ -566,6 +612,8 @@ fn work(
                         op_id: c.op.op_id(),
                         lease: c.lease,
                         lease_certain_until_micros: fx.now().micros() + c.certain_ms as i64 * 1000,
+                        revision: c.revision,
+                        op: Some((c.key, c.op)),
                     });
                 if let Some(claim) = claim
                     && let Err(e) =
@@ -579,6 +627,13 @@ fn work(
                 }
                 if let Err(e) = fx.dispatch(event) {
                     fx.log(LogLevel::Error, &format!("Could not dispatch {event}: {e}"));
+                }
+            }
+            Step::WithdrawClaim => {
+                if let Err(e) = fx.remove_file(worker::CLAIM_FILE) {
+                    // Letting the lock go with a claim out could let a hook run without
+                    // it: keep the lock (the lease lapses if this worker dies).
+                    return Ok(Err(format!("could not withdraw the claim: {e}")));
                 }
             }
             Step::Exit(result) => return Ok(result),

@@ -215,6 +215,13 @@ pub enum Command {
         /// Renew once, synchronously, before starting.
         renew_first: bool,
     },
+    /// Record that a lock-granted callback starts for this grant (the revision at which its
+    /// op was claimed; [`crate::etcd::turn::GRANT_FILE`]); answer a failure with
+    /// [`Manager::handle_grant_unrecorded`] (the callback must not run then).
+    RecordGrant {
+        /// The grant's revision.
+        revision: u64,
+    },
     /// Make sure this unit's etcd worker runs (clearing any stop request); answer failures
     /// with [`Manager::handle_worker_start_failed`].
     StartWorker,
@@ -317,6 +324,9 @@ pub struct Manager {
     awaiting_etcd: Option<(String, Operation)>,
     /// The plain finalize to run if handing the lock over fails.
     etcd_plain_release: Option<String>,
+    /// A callback run on its worker's claim finished with this result: it is recorded
+    /// once the waiters, read while it ran, are in.
+    etcd_result_waiting: Option<(OperationResult, String, Operation)>,
     /// The health check running for the gate of this grant.
     awaiting_health: Option<(Grant, crate::features::HealthGate)>,
     /// The leader runs a finished roll's completion callback.
@@ -388,6 +398,7 @@ impl Manager {
             awaiting: None,
             awaiting_etcd: None,
             etcd_plain_release: None,
+            etcd_result_waiting: None,
             awaiting_health: None,
             awaiting_roll_notice: false,
             engaged: std::cell::OnceCell::new(),
@@ -655,8 +666,7 @@ impl Manager {
         }
         if let Some((key, op)) = self.awaiting_etcd.take() {
             let result = self.map_outcome(&op.callback_id, outcome);
-            self.etcd_record(result, &key, &op);
-            self.advance(false);
+            self.etcd_callback_done(result, key, op);
             return;
         }
         let Some(grant) = self.awaiting.take() else {

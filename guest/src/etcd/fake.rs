@@ -22,6 +22,8 @@ pub(crate) struct FakeEtcd {
     history: Vec<(u64, String, Option<Entry>)>,
     /// Each live key's create revision.
     created: BTreeMap<String, u64>,
+    /// Each live key's last change.
+    modified: BTreeMap<String, u64>,
 }
 
 fn ok(stdout: String) -> Output {
@@ -115,6 +117,11 @@ impl FakeEtcd {
         }
     }
 
+    /// A live key's last change.
+    pub(crate) fn mod_revision(&self, key: &str) -> Option<u64> {
+        self.modified.get(key).copied()
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.kv.get(key).map(|(v, _)| v.as_str())
     }
@@ -138,10 +145,12 @@ impl FakeEtcd {
         match value {
             Some(value) => {
                 self.created.entry(key.into()).or_insert(self.revision);
+                self.modified.insert(key.into(), self.revision);
                 self.kv.insert(key.into(), value);
             }
             None => {
                 self.created.remove(key);
+                self.modified.remove(key);
                 self.kv.remove(key);
             }
         }
@@ -175,7 +184,7 @@ impl FakeEtcd {
             .kv
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (v, lease))| self.kv_json(k, v, *lease, 0))
+            .map(|(k, (v, lease))| self.kv_json(k, v, *lease, self.modified[k]))
             .collect();
         let mut reply = serde_json::json!({"header": {"revision": self.revision}});
         if !kvs.is_empty() {
@@ -223,6 +232,7 @@ impl FakeEtcd {
                 .map(|(k, v)| format!("{k}\n{v}\n"))
                 .unwrap_or_default()),
             Call::Value(key) => ok(self.get(key).map(|v| format!("{v}\n")).unwrap_or_default()),
+            Call::Range(prefix) => self.range_json(prefix),
             Call::LeaseGrant(ttl) => {
                 self.next_lease += 1;
                 let id = 0x694d_9c9a_eca3_4200 + self.next_lease;
@@ -278,7 +288,8 @@ impl FakeEtcd {
                         .iter()
                         .map(|(k, v)| {
                             let lease = self.kv.get(k).and_then(|(_, lease)| *lease);
-                            self.kv_json(k, v, lease, 0)
+                            let modified = self.modified.get(k).copied().unwrap_or(0);
+                            self.kv_json(k, v, lease, modified)
                         })
                         .collect();
                     serde_json::json!({"Response": {"ResponseRange": {"kvs": kvs}}})

@@ -7,7 +7,8 @@ use crate::etcd::txn;
 use crate::etcd::worker::Call;
 use crate::op::{Operation, OperationResult};
 
-/// What etcd holds for this unit, read at the start of the hook.
+/// What etcd holds for this unit, read at the start of the hook — or, when the hook takes
+/// its worker's claim at its word ([`WorkerClaim::taken_at_its_word`]), what the claim says.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EtcdFacts {
     /// Value of the cluster's lock key (`None`: nobody holds it).
@@ -16,6 +17,9 @@ pub struct EtcdFacts {
     pub lock_lease: Option<String>,
     /// The op this unit's worker claimed, with its key.
     pub inprogress: Option<(String, Operation)>,
+    /// The revision at which that op was claimed (its key's last change; 0: unknown): the
+    /// grant a run of it consumes (see [`GRANT_FILE`]).
+    pub inprogress_revision: u64,
     /// The first op waiting in this unit's `pending` queue.
     pub pending_head: Option<(String, Operation)>,
     /// An op the hook finished that a worker has not post-processed (a worker died).
@@ -24,23 +28,50 @@ pub struct EtcdFacts {
     pub waiters: Vec<etcdctl::Kv>,
     /// What this implementation's worker says it claimed (its claim file), if anything.
     pub worker_claim: Option<WorkerClaim>,
+    /// Taken from the worker's claim, not read: the waiters are read while the callback
+    /// runs ([`waiters_read`]).
+    pub from_claim: bool,
 }
+
+impl EtcdFacts {
+    /// The facts a claim taken at its word stands for.
+    pub fn from_claim(owner: &str, claim: WorkerClaim, key: String, op: Operation) -> Self {
+        EtcdFacts {
+            lock_holder: Some(owner.to_string()),
+            lock_lease: Some(claim.lease.clone()),
+            inprogress: Some((key, op)),
+            inprogress_revision: claim.revision,
+            worker_claim: Some(claim),
+            from_claim: true,
+            ..EtcdFacts::default()
+        }
+    }
+}
+
+/// A file under base_dir holding the latest grant (the revision at which an op was
+/// claimed) a lock-granted hook of this unit started a callback for. Juju runs a unit's
+/// hooks one at a time, so what one hook writes here the next one reads: a claim is taken
+/// at its word only for a grant above it, so no two hooks run the same grant — a stale
+/// lock-granted hook that read etcd and ran the op before the worker wrote its claim has
+/// recorded that grant, and the hook dispatched for the claim then reads etcd, which says
+/// the op is done.
+pub const GRANT_FILE: &str = "etcd/last-grant";
 
 /// What a worker of this implementation writes to its claim file
 /// ([`crate::etcd::worker::CLAIM_FILE`]) before it dispatches the lock-granted hook: the op
-/// it claimed (so the hook knows this worker waits for its result and may release the lock,
-/// or hand it over, with it), the lease the lock is bound to, and until when that lease
-/// certainly lives — its last renewal as sent plus the TTL, less a margin. A hook that read
-/// the lock held under that lease before then need not renew it before the callback (one
-/// etcdctl round trip less between two units' critical sections); it keeps it alive while
-/// the callback runs either way.
+/// it claimed and the revision of that claim, the lease the lock is bound to, and until when
+/// that lease certainly lives — its last renewal as sent plus the TTL, less a margin.
 ///
-/// The claim vouches for the lease, not for the lock: the hook always reads the lock and
-/// the op from etcd. (Taking the op from the claim would skip that read, but a stale
-/// lock-granted hook — from a worker that died, or a re-dispatch — could then run the same
-/// op as the one the claim was written for; the seeded search in the worker's tests finds
-/// such interleavings.)
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The hook takes the claim at its word — runs the op without reading etcd first, the
+/// hand-off's last etcdctl round trip — when the lease certainly lives and the grant is
+/// above the last one this unit ran ([`GRANT_FILE`]). That is sound because, while the lease
+/// lives, only a hook of this unit that ran this grant (and recorded it) or the worker takes
+/// the lock from this unit, and the worker withdraws its claim before it lets the lock go
+/// ([`crate::etcd::worker::Step::WithdrawClaim`]). Otherwise the hook reads etcd, and the
+/// claim still says whether this worker waits for the result and vouches for the lease.
+/// The seeded search in the worker's tests plays stale, repeated and re-dispatched hooks,
+/// crashes and lease lapses against both ways.
+#[derive(Clone, Debug, PartialEq)]
 pub struct WorkerClaim {
     /// The claimed op's id.
     pub op_id: String,
@@ -48,40 +79,56 @@ pub struct WorkerClaim {
     pub lease: String,
     /// Until when (microseconds since the epoch) the lease certainly lives.
     pub lease_certain_until_micros: i64,
+    /// The revision at which the op was claimed (0: unknown, never taken at its word).
+    pub revision: u64,
+    /// The claimed op's in-progress key and the op (absent in older claim files).
+    pub op: Option<(String, Operation)>,
 }
 
 impl WorkerClaim {
     /// The file's content.
     pub fn encode(&self) -> String {
-        serde_json::json!({
+        let mut value = serde_json::json!({
             "op_id": self.op_id,
             "lease": self.lease,
             "lease_certain_until_micros": self.lease_certain_until_micros,
-        })
-        .to_string()
+            "revision": self.revision,
+        });
+        if let Some((key, op)) = &self.op {
+            value["key"] = key.as_str().into();
+            value["op"] = op.to_json().into();
+        }
+        value.to_string()
     }
 
     /// Read a claim file. Earlier versions wrote the op id alone, which is read as a claim
-    /// that vouches for no lease.
+    /// that vouches for nothing.
     pub fn decode(text: &str) -> WorkerClaim {
         let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
         let field = |name: &str| value.as_ref()?.get(name)?.as_str().map(str::to_string);
+        let number = |name: &str| value.as_ref()?.get(name)?.as_i64();
+        let op = match (field("key"), field("op")) {
+            (Some(key), Some(op)) => Operation::from_json(&op).ok().map(|op| (key, op)),
+            _ => None,
+        };
         match (
             field("op_id"),
             field("lease"),
-            value
-                .as_ref()
-                .and_then(|v| v.get("lease_certain_until_micros")?.as_i64()),
+            number("lease_certain_until_micros"),
         ) {
             (Some(op_id), Some(lease), Some(until)) => WorkerClaim {
+                op: op.filter(|(_, op)| op.op_id() == op_id),
                 op_id,
                 lease,
                 lease_certain_until_micros: until,
+                revision: number("revision").and_then(|r| u64::try_from(r).ok()).unwrap_or(0),
             },
             _ => WorkerClaim {
                 op_id: text.trim().to_string(),
                 lease: String::new(),
                 lease_certain_until_micros: 0,
+                revision: 0,
+                op: None,
             },
         }
     }
@@ -92,6 +139,33 @@ impl WorkerClaim {
             && self.lease == lease
             && now_micros < self.lease_certain_until_micros
     }
+
+    /// The op a lock-granted hook may run on this claim's word alone, at `now_micros`, when
+    /// the last grant this unit ran is `last_grant`: a known grant above it, under a lease
+    /// that certainly lives.
+    pub fn taken_at_its_word(&self, last_grant: u64, now_micros: i64) -> Option<(String, Operation)> {
+        let lease_lives = !self.lease.is_empty() && now_micros < self.lease_certain_until_micros;
+        (self.revision > last_grant && lease_lives)
+            .then(|| self.op.clone())
+            .flatten()
+    }
+}
+
+/// Read the last grant this unit ran ([`GRANT_FILE`]'s content; 0 when none).
+pub fn decode_last_grant(text: &str) -> u64 {
+    text.trim().parse().unwrap_or(0)
+}
+
+/// The waiters' registrations, read while a callback taken on its claim's word runs.
+pub fn waiters_read(keys: &Keys) -> Call {
+    Call::Range(keys.waiting.clone())
+}
+
+/// The answer to [`waiters_read`].
+pub fn parse_waiters(stdout: &str) -> Result<Vec<etcdctl::Kv>, String> {
+    etcdctl::parse_get_json(stdout)
+        .map(|(_, kvs)| kvs)
+        .map_err(|e| e.0)
 }
 
 /// The lock's holder, the heads of `inprogress`, `pending` and `completed`, and the waiters'
@@ -132,10 +206,12 @@ pub fn parse(stdout: &str) -> Result<EtcdFacts, String> {
             .map(|kv| kv.lease.clone())
             .filter(|l| !l.is_empty()),
         inprogress: op(inprogress)?,
+        inprogress_revision: inprogress.first().map_or(0, |kv| kv.mod_revision),
         pending_head: op(pending)?,
         completed_head: op(completed)?,
         waiters: waiting.clone(),
         worker_claim: None,
+        from_claim: false,
     })
 }
 

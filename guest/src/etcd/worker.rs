@@ -118,6 +118,8 @@ pub enum Call {
     First(String),
     /// The value of one key (empty when absent).
     Value(String),
+    /// Every key/value under a prefix, as JSON (`-w json`).
+    Range(String),
     /// A transaction body.
     Txn(String),
     /// A transaction body, answered as JSON (`-w json`): its revision and reads.
@@ -146,6 +148,7 @@ impl Call {
         match self {
             Call::First(prefix) => (args(&["get", prefix, "--prefix", "--limit=1"]), None),
             Call::Value(key) => (args(&["get", key, "--print-value-only"]), None),
+            Call::Range(prefix) => (args(&["-w", "json", "get", prefix, "--prefix"]), None),
             Call::Txn(body) => (args(&["txn"]), Some(body.clone())),
             Call::TxnJson(body) => (args(&["-w", "json", "txn"]), Some(body.clone())),
             Call::LeaseGrant(ttl) => (args(&["lease", "grant", &ttl.to_string()]), None),
@@ -177,6 +180,10 @@ pub enum Step {
     Sleep(u64),
     /// Run this hook on the unit (returns at once), then poll again.
     Dispatch(&'static str),
+    /// Remove the claim handed to the lock-granted hook ([`CLAIM_FILE`]), then poll again:
+    /// the worker is about to let the lock go, and a hook must not take the claim at its
+    /// word after that.
+    WithdrawClaim,
     /// Stop: `Ok` when there is nothing left to do, `Err` when etcd failed (the worker has
     /// already asked for the etcd-failed hook).
     Exit(Result<(), String>),
@@ -194,6 +201,9 @@ pub struct Claimed {
     /// For how much longer (milliseconds from the last poll) the lease certainly lives:
     /// its last renewal as sent, plus its TTL, less [`Timing::claim_margin_ms`].
     pub certain_ms: u64,
+    /// The revision at which the op was put in progress (the grant), when this worker
+    /// knows it; 0 otherwise.
+    pub revision: u64,
 }
 
 /// The output of an etcdctl call, as the host saw it.
@@ -284,6 +294,13 @@ pub struct Worker {
     claimed: Option<(String, Operation)>,
     /// The revision of the claim (the watch for the hook starts after it), if known.
     claim_revision: Option<u64>,
+    /// The revision at which the claimed op was put in progress, when this worker's own
+    /// transaction (or a hand-over to it) did so.
+    grant_revision: Option<u64>,
+    /// A claim was handed to a lock-granted hook and not withdrawn since.
+    claim_out: bool,
+    /// An op another worker's hook finished waits in `completed` (see `ExpectCompleted`).
+    leftover_completed: bool,
     /// The pending head to claim together with the lock.
     next: Option<(String, Operation)>,
     /// The completed op being post-processed.
@@ -323,6 +340,9 @@ impl Worker {
             now_ms,
             claimed: None,
             claim_revision: None,
+            grant_revision: None,
+            claim_out: false,
+            leftover_completed: false,
             next: None,
             completed: None,
             yield_before_lock: false,
@@ -367,6 +387,7 @@ impl Worker {
             op: op.clone(),
             lease,
             certain_ms,
+            revision: self.grant_revision.unwrap_or(0),
         })
     }
 
@@ -460,6 +481,7 @@ impl Worker {
             }
             State::DispatchHook => {
                 self.dispatched += 1;
+                self.claim_out = true;
                 self.hook_dispatched_at_ms = now_ms;
                 self.backoff_ms = self.timing.min_backoff_ms;
                 self.state = State::ExpectCompleted;
@@ -510,6 +532,7 @@ impl Worker {
                 };
                 Step::Etcdctl(Call::Txn(body))
             }
+            State::ExpectRevoke if std::mem::take(&mut self.claim_out) => Step::WithdrawClaim,
             State::ExpectRevoke => match self.lease.clone() {
                 Some(lease) => Step::Etcdctl(Call::LeaseRevoke(lease)),
                 None => {
@@ -609,6 +632,7 @@ impl Worker {
         self.holding = true;
         self.claimed = Some(next);
         self.claim_revision = Some(last.kv.mod_revision);
+        self.grant_revision = Some(last.kv.mod_revision);
         Some(State::DispatchHook)
     }
 
@@ -699,6 +723,7 @@ impl Worker {
                         self.claimed = Some(next);
                         if reply.succeeded {
                             self.claim_revision = Some(reply.revision);
+                            self.grant_revision = Some(reply.revision);
                             State::DispatchHook
                         } else {
                             // Whether that attempt also claimed the op is what
@@ -713,6 +738,7 @@ impl Worker {
                         // A recovered in-progress op: ours again under the new lock, unless
                         // a late hook of the previous worker finished it meanwhile.
                         self.claim_revision = Some(reply.revision);
+                        self.grant_revision = None;
                         State::VerifyRecovered
                     } else {
                         State::ExpectPendingHead
@@ -741,6 +767,7 @@ impl Worker {
                 let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
                 if reply.succeeded {
                     self.claim_revision = Some(reply.revision);
+                    self.grant_revision = Some(reply.revision);
                     State::DispatchHook
                 } else {
                     State::VerifyClaim
@@ -752,6 +779,7 @@ impl Worker {
                 {
                     self.claimed = Some(found);
                     self.claim_revision = None;
+                    self.grant_revision = None;
                     State::DispatchHook
                 }
                 _ => {
@@ -771,10 +799,24 @@ impl Worker {
                 _ => {
                     self.claimed = None;
                     self.claim_revision = None;
+                    self.grant_revision = None;
                     State::ExpectPendingHead
                 }
             },
             State::ExpectCompleted => match first(stdout)? {
+                // Not the claimed op's: a late hook of an earlier worker finished that one
+                // (this worker recovered it meanwhile, and found it gone). Taking it for
+                // this claim's result would claim anew while the claimed op still runs:
+                // it is post-processed once this claim is done.
+                Some(found)
+                    if self
+                        .claimed
+                        .as_ref()
+                        .is_some_and(|(_, op)| op.op_id() != found.1.op_id()) =>
+                {
+                    self.leftover_completed = true;
+                    State::ExpectInProgress
+                }
                 Some(found) => {
                     let release_after = found.1.result != Some(OperationResult::RetryHold);
                     self.completed = Some(found);
@@ -790,6 +832,7 @@ impl Worker {
                 None => {
                     self.claimed = None;
                     self.claim_revision = None;
+                    self.grant_revision = None;
                     self.holding = false;
                     State::ExpectRevoke
                 }
@@ -828,6 +871,8 @@ impl Worker {
         self.yield_before_lock = true;
         if self.stopping {
             State::Finished
+        } else if std::mem::take(&mut self.leftover_completed) {
+            State::RecoverCompleted
         } else {
             State::CheckPending
         }
@@ -845,6 +890,7 @@ mod tests {
     use crate::etcd::fake::FakeEtcd;
     use crate::etcd::keys::owner;
     use crate::etcd::queue::finalize;
+    use crate::etcd::turn::WorkerClaim;
     use crate::timestamp::Timestamp;
 
     /// One unit: its worker, the results its callback returns in turn, and its runs.
@@ -854,13 +900,16 @@ mod tests {
         worker: Option<Worker>,
         wake_at: u64,
         results: Vec<OperationResult>,
-        hook_at: Option<u64>,
-        /// The claim the worker wrote before dispatching (key, op, lease, held until),
-        /// which the hook takes at its word while it is valid, as the driver's `load` does.
-        claim: Option<(String, Operation, String, u64)>,
-        /// A callback under way: when it ends, the op it runs, and the registrations the
-        /// hook read when it started.
-        running: Option<(u64, String, Operation, Vec<etcdctl::Kv>)>,
+        /// When dispatched lock-granted hooks are due (they run one at a time).
+        hooks: Vec<u64>,
+        /// The claim file: what the worker wrote before dispatching (times in virtual
+        /// microseconds); removed when it withdraws the claim or exits, left by a crash.
+        claim: Option<WorkerClaim>,
+        /// The grant file: the last grant a hook of this unit ran.
+        last_grant: u64,
+        /// A callback under way: when it ends, the op it runs, whether the claim the hook
+        /// read names it (its worker waits), and the registrations read when it started.
+        running: Option<(u64, String, Operation, bool, Vec<etcdctl::Kv>)>,
         runs: Vec<(u64, u64)>,
         exit: Option<Result<(), String>>,
         /// A watch under way: key, from revision, deadline.
@@ -869,6 +918,8 @@ mod tests {
         invocations: u32,
         /// Hooks that handed the lock straight to a waiter.
         handed_over: u32,
+        /// Hooks that ran their op on the claim's word, without reading etcd.
+        on_claim: u32,
     }
 
     const CALLBACK_MS: u64 = 2_000;
@@ -941,54 +992,85 @@ mod tests {
             worker: Some(worker),
             wake_at: 0,
             results,
-            hook_at: None,
+            hooks: vec![],
             claim: None,
+            last_grant: 0,
             running: None,
             runs: vec![],
             exit: None,
             watching: None,
             invocations: 0,
             handed_over: 0,
+            on_claim: 0,
         }
     }
 
-    /// The lock-granted hook's start, as the manager runs it: read the lock and the op;
-    /// keep the lock's lease alive while the callback runs, renewing it first unless the
-    /// worker's claim vouches for it (then checking, as a checker only, that it does live);
-    /// then the callback starts.
+    /// The lock-granted hook's start, as the driver and the manager run it: take the
+    /// worker's claim at its word when [`WorkerClaim::taken_at_its_word`] allows (checking
+    /// here, as a checker only, that etcd agrees), else read the lock and the op; record
+    /// the grant; keep the lock's lease alive while the callback runs, renewing it first
+    /// unless the claim vouches for it (then checking that it does live); read the
+    /// waiters' registrations; then the callback starts.
     fn start_hook(etcd: &mut FakeEtcd, unit: &mut Unit, pace: &mut Pace) {
-        let claim = unit.claim.take();
-        let Some((key, value)) = etcd.first(&unit.keys.inprogress) else {
-            return;
+        let now_micros = etcd.now_ms as i64 * 1000;
+        if std::env::var("TRACE_EVENTS").is_ok() { eprintln!("{} {} hook starts claim={:?} last={} lock={:?}", etcd.now_ms, unit.owner, unit.claim.as_ref().map(|c| (c.revision, c.lease.clone(), c.lease_certain_until_micros/1000)), unit.last_grant, etcd.kv.get(&unit.keys.lock)); }
+        let claim = unit.claim.clone();
+        let lock = etcd.kv.get(&unit.keys.lock).cloned();
+        let taken = claim
+            .as_ref()
+            .and_then(|c| c.taken_at_its_word(unit.last_grant, now_micros));
+        let (key, op, lease, grant) = match taken {
+            Some((key, op)) => {
+                let claim = claim.as_ref().expect("taken");
+                let lease = claim.lease.clone();
+                assert_eq!(
+                    lock.as_ref().map(|(holder, l)| (holder.as_str(), l.map(|l| format!("{l:x}")))),
+                    Some((unit.owner.as_str(), Some(lease.clone()))),
+                    "{} took a claim at its word whose lock is gone",
+                    unit.owner
+                );
+                assert_eq!(
+                    etcd.mod_revision(&key),
+                    Some(claim.revision),
+                    "{} took a claim at its word whose grant is gone",
+                    unit.owner
+                );
+                unit.on_claim += 1;
+                (key, op, lease, claim.revision)
+            }
+            None => {
+                let Some((key, value)) = etcd.first(&unit.keys.inprogress) else {
+                    return;
+                };
+                let Some((holder, Some(lease))) = lock else {
+                    return;
+                };
+                if holder != unit.owner {
+                    return;
+                }
+                let grant = etcd.mod_revision(&key).expect("read");
+                (key, Operation::from_json(&value).unwrap(), format!("{lease:x}"), grant)
+            }
         };
-        let Some((holder, Some(lease))) = etcd.kv.get(&unit.keys.lock).cloned() else {
-            return;
-        };
-        if holder != unit.owner {
-            return;
-        }
-        let op = Operation::from_json(&value).unwrap();
-        let lease = format!("{lease:x}");
-        let vouched = claim.is_some_and(|(_, claimed, claimed_lease, until)| {
-            claimed.op_id() == op.op_id() && claimed_lease == lease && until > etcd.now_ms
-        });
+        let claimed = claim.as_ref().is_some_and(|c| c.op_id == op.op_id());
+        let vouched = claimed && claim.as_ref().is_some_and(|c| c.vouches_for(&lease, now_micros));
         let renewed = etcd.run(&Call::KeepAlive(lease.clone())).code == 0;
         if vouched {
             assert!(renewed, "{} was vouched a lease that lapsed", unit.owner);
         } else if !renewed {
             return;
         }
-        // The hook's read also brings the waiters' registrations.
+        unit.last_grant = unit.last_grant.max(grant);
         let read = etcd.range_json(&unit.keys.waiting);
         let (_, registrations) = etcdctl::parse_get_json(&read.stdout).unwrap();
         let end = etcd.now_ms + pace.callback_ms();
         unit.runs.push((etcd.now_ms, end));
-        unit.running = Some((end, key, op, registrations));
+        unit.running = Some((end, key, op, claimed, registrations));
     }
 
     /// The callback ended: finalize as [`crate::etcd::turn`] and the manager decide.
     fn end_hook(etcd: &mut FakeEtcd, unit: &mut Unit) {
-        let Some((_, key, op, registrations)) = unit.running.take() else {
+        let Some((_, key, op, worker_waits, registrations)) = unit.running.take() else {
             return;
         };
         let result = if unit.results.is_empty() {
@@ -997,8 +1079,7 @@ mod tests {
             unit.results.remove(0)
         };
         let done = finalize(&op, result);
-        let worker_claimed = unit.worker.as_ref().and_then(Worker::claimed_op_id);
-        let worker_waits = worker_claimed.as_deref() == Some(op.op_id().as_str());
+        if std::env::var("TRACE_EVENTS").is_ok() { eprintln!("{} {} hook ends {:?} waits={}", etcd.now_ms, unit.owner, result, worker_waits); }
         // As the manager does: hand the lock to the oldest registered waiter the hook read,
         // else (or if that fails) release.
         if worker_waits
@@ -1036,7 +1117,7 @@ mod tests {
             let due = |u: &Unit| {
                 let end = u.running.as_ref().map_or(u64::MAX, |r| r.0);
                 // A unit's hooks run one at a time (Juju's hook lock).
-                let hook = match (u.hook_at, &u.running) {
+                let hook = match (u.hooks.iter().min().copied(), &u.running) {
                     (Some(at), Some(running)) => at.max(running.0),
                     (Some(at), None) => at,
                     (None, _) => u64::MAX,
@@ -1071,8 +1152,9 @@ mod tests {
                 end_hook(etcd, unit);
                 continue;
             }
-            if unit.running.is_none() && unit.hook_at.is_some_and(|at| at <= etcd.now_ms) {
-                unit.hook_at = None;
+            if unit.running.is_none() && unit.hooks.iter().any(|at| *at <= etcd.now_ms) {
+                let first = unit.hooks.iter().min().copied();
+                unit.hooks.retain(|at| Some(*at) != first);
                 start_hook(etcd, unit, pace);
                 continue;
             }
@@ -1091,6 +1173,7 @@ mod tests {
                 Step::Etcdctl(call) => {
                     unit.invocations += 1;
                     let output = etcd.run(&call);
+                    if std::env::var("TRACE_EVENTS").is_ok() { eprintln!("{} {} {:?} -> {:?} rev={}", etcd.now_ms, unit.owner, call, output.stdout.chars().take(150).collect::<String>(), etcd.revision); }
                     worker.handle(output);
                     unit.wake_at = etcd.now_ms + pace.etcdctl_ms();
                 }
@@ -1105,16 +1188,30 @@ mod tests {
                 Step::Dispatch(hook) => {
                     if hook == LOCK_GRANTED_HOOK {
                         // What the driver writes to the claim file.
-                        unit.claim = worker
-                            .claim()
-                            .map(|c| (c.key, c.op, c.lease, etcd.now_ms + c.certain_ms));
-                        unit.hook_at = Some(etcd.now_ms + pace.hook_delay_ms());
+                        if let Some(c) = worker.claim() {
+                            unit.claim = Some(WorkerClaim {
+                                op_id: c.op.op_id(),
+                                lease: c.lease,
+                                lease_certain_until_micros: (etcd.now_ms + c.certain_ms) as i64
+                                    * 1000,
+                                revision: c.revision,
+                                op: Some((c.key, c.op)),
+                            });
+                        }
+                        unit.hooks.push(etcd.now_ms + pace.hook_delay_ms());
+                        if std::env::var("TRACE_EVENTS").is_ok() { eprintln!("{} {} dispatch claim={:?} hooks={:?}", etcd.now_ms, unit.owner, unit.claim.as_ref().map(|c| (c.revision, c.lease.clone(), c.lease_certain_until_micros/1000)), unit.hooks); }
                     }
+                    unit.wake_at = etcd.now_ms;
+                }
+                Step::WithdrawClaim => {
+                    if std::env::var("TRACE_EVENTS").is_ok() { eprintln!("{} {} withdraw", etcd.now_ms, unit.owner); }
+                    unit.claim = None;
                     unit.wake_at = etcd.now_ms;
                 }
                 Step::Exit(result) => {
                     unit.exit = Some(result);
                     unit.worker = None;
+                    unit.claim = None;
                 }
             }
         }
@@ -1154,8 +1251,9 @@ mod tests {
     #[test]
     fn seeded_interleavings_keep_one_holder_and_finish_every_op() {
         use OperationResult::*;
-        let (mut hand_overs, mut crashes, mut runs) = (0, 0, 0);
-        for seed in 0..seeds() {
+        let (mut hand_overs, mut crashes, mut runs, mut on_claim, mut spurious) = (0, 0, 0, 0, 0);
+        let first: u64 = std::env::var("FIRST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        for seed in first..seeds() {
             if std::env::var("TRACE_SEEDS").is_ok() {
                 eprintln!("seed {seed}");
             }
@@ -1180,7 +1278,15 @@ mod tests {
                 run_paced(&mut etcd, &mut units, slice, &mut pace);
                 assert_exclusive(&units);
                 for (i, unit) in units.iter_mut().enumerate() {
+                    if pace.pick(0, 0, 3) == 0 {
+                        // A lock-granted hook nobody asked for just now: dispatched twice,
+                        // re-run after an agent restart, or by hand.
+                        let at = etcd.now_ms + pace.pick(0, 0, 20_000);
+                        unit.hooks.push(at);
+                        spurious += 1;
+                    }
                     if unit.worker.is_some() && pace.pick(0, 0, 9) == 0 {
+                        if std::env::var("TRACE_EVENTS").is_ok() { eprintln!("{} {} CRASH", etcd.now_ms, unit.owner); }
                         // The worker dies: no clean-up, its lease lapses.
                         unit.worker = None;
                         unit.watching = None;
@@ -1201,7 +1307,7 @@ mod tests {
                 }
                 let idle = units
                     .iter()
-                    .all(|u| u.worker.is_none() && u.hook_at.is_none() && u.running.is_none());
+                    .all(|u| u.worker.is_none() && u.hooks.is_empty() && u.running.is_none());
                 let queued = units.iter().any(|u| {
                     [&u.keys.pending, &u.keys.inprogress, &u.keys.completed]
                         .iter()
@@ -1246,15 +1352,16 @@ mod tests {
                     unit.runs
                 );
                 hand_overs += unit.handed_over;
+                on_claim += unit.on_claim;
                 runs += unit.runs.len();
             }
         }
         assert!(
-            hand_overs > 0 && crashes > 0,
-            "the search never handed over or crashed"
+            hand_overs > 0 && crashes > 0 && on_claim > 0,
+            "the search never handed over, crashed, or took a claim at its word"
         );
         println!(
-            "{} seeds: {runs} callbacks, {hand_overs} hand-overs, {crashes} worker crashes, never two at once",
+            "{} seeds: {runs} callbacks ({on_claim} on the claim's word), {hand_overs} hand-overs, {crashes} worker crashes, {spurious} extra lock-granted hooks, never two at once",
             seeds()
         );
     }
@@ -1405,7 +1512,7 @@ mod tests {
             run(&mut etcd, &mut units[..1], until);
         }
         units[0].worker = None;
-        units[0].hook_at = None;
+        units[0].hooks.clear();
         let died_at = etcd.now_ms;
         run(&mut etcd, &mut units[1..], 600_000);
         assert_eq!(units[1].runs.len(), 1);
@@ -1429,7 +1536,7 @@ mod tests {
         }
         // The worker and its hook die; the lease lapses.
         units[0].worker = None;
-        units[0].hook_at = None;
+        units[0].hooks.clear();
         etcd.advance(61_000);
         let keys = units[0].keys.clone();
         units[0].worker = Some(Worker::new(
@@ -1456,7 +1563,7 @@ mod tests {
             match &step {
                 Step::Etcdctl(call) | Step::Watch(call, _) => worker.handle(etcd.run(call)),
                 Step::Sleep(ms) => etcd.advance(*ms),
-                Step::Dispatch(_) => {}
+                Step::Dispatch(_) | Step::WithdrawClaim => {}
                 Step::Exit(_) => {
                     steps.push(step);
                     break;
@@ -1493,6 +1600,7 @@ mod tests {
                     assert_eq!(hook, ETCD_FAILED_HOOK);
                     failed_at.get_or_insert(etcd.now_ms);
                 }
+                Step::WithdrawClaim => {}
                 Step::Exit(_) => break,
             }
         }
@@ -1554,6 +1662,7 @@ mod tests {
                     assert!(applied_once);
                     return;
                 }
+                Step::WithdrawClaim => panic!("withdrew a claim never handed out"),
                 Step::Exit(result) => panic!("exited: {result:?}"),
             }
         }
@@ -1570,7 +1679,7 @@ mod tests {
         }
         // The worker dies after its claim; its lease lapses; a new worker recovers the op.
         units[0].worker = None;
-        units[0].hook_at = None;
+        units[0].hooks.clear();
         etcd.advance(61_000);
         let u = &units[0];
         let mut worker = Worker::new(u.keys.clone(), u.owner.clone(), Timing::default(), 0);

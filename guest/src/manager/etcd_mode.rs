@@ -36,6 +36,9 @@ pub struct EtcdContext {
     pub environment: Result<Vec<(String, String)>, String>,
     /// What etcd said, or why it could not be read; `None` when not read.
     pub facts: Option<Result<EtcdFacts, String>>,
+    /// The last grant this unit ran a callback for ([`crate::etcd::turn::GRANT_FILE`]; 0:
+    /// none, `u64::MAX`: unreadable).
+    pub last_grant: u64,
 }
 
 impl EtcdContext {
@@ -73,6 +76,8 @@ pub enum EtcdPurpose {
     /// The finalize that hands the lock to a waiter (see [`crate::etcd::handoff`]); on
     /// failure the plain one follows.
     HandOver,
+    /// The waiters' registrations, read while a callback run on its worker's claim ran.
+    ReadWaiters,
 }
 
 impl Manager {
@@ -247,6 +252,11 @@ impl Manager {
                 op.attempt + 1
             ),
         );
+        if facts.inprogress_revision > 0 && facts.inprogress_revision > etcd.last_grant {
+            self.commands.push_back(Command::RecordGrant {
+                revision: facts.inprogress_revision,
+            });
+        }
         if let Some(lease) = facts.lock_lease.clone() {
             // Renewed first unless this worker's claim vouches that the lease lives on.
             let vouched = facts
@@ -264,12 +274,44 @@ impl Manager {
             args: vec!["txn".into()],
             env: etcd.environment.clone().unwrap_or_default(),
         });
+        if facts.from_claim {
+            // Nothing was read: the waiters to hand the lock to are read while the callback
+            // runs (the read starts now and needs no input).
+            let (_, keys) = etcd.identity(&self.unit);
+            self.commands.push_back(Command::PrepareEtcdctl {
+                args: turn::waiters_read(&keys).argv().0,
+                env: etcd.environment.clone().unwrap_or_default(),
+            });
+        }
         self.commands.push_back(Command::RunCallback {
             id: op.callback_id.clone(),
             kwargs_json: crate::op::kwargs_json(&op.kwargs),
         });
         self.awaiting_etcd = Some((key, op));
         self.callback_ran = true;
+    }
+
+    /// The etcd-managed callback returned `result`: record it — after collecting the
+    /// waiters read while it ran, when it ran on its worker's claim.
+    pub(super) fn etcd_callback_done(&mut self, result: OperationResult, key: String, op: Operation) {
+        let from_claim = matches!(
+            self.etcd.as_ref().and_then(|e| e.facts.as_ref()),
+            Some(Ok(facts)) if facts.from_claim
+        );
+        let etcd = self.etcd.clone().expect("etcd turn");
+        if from_claim {
+            let (_, keys) = etcd.identity(&self.unit);
+            self.etcd_result_waiting = Some((result, key, op));
+            self.etcdctl(
+                turn::waiters_read(&keys).argv().0,
+                None,
+                &etcd.environment.unwrap_or_default(),
+                EtcdPurpose::ReadWaiters,
+            );
+            return;
+        }
+        self.etcd_record(result, &key, &op);
+        self.advance(false);
     }
 
     /// Whether this implementation's worker claimed `op` and waits for its result (so the
@@ -341,6 +383,25 @@ impl Manager {
     /// the host gave up retrying.
     pub fn handle_etcdctl_result(&mut self, purpose: EtcdPurpose, result: Result<String, String>) {
         match (purpose, result) {
+            (EtcdPurpose::ReadWaiters, outcome) => {
+                match outcome.and_then(|out| turn::parse_waiters(&out)) {
+                    Ok(waiters) => {
+                        if let Some(Some(Ok(facts))) = self.etcd.as_mut().map(|e| e.facts.as_mut()) {
+                            facts.waiters = waiters;
+                        }
+                    }
+                    // Then the lock is released plainly: slower for the next unit, no less
+                    // correct.
+                    Err(why) => self.log(
+                        LogLevel::Warning,
+                        format!("Could not read the units waiting for the etcd lock: {why}."),
+                    ),
+                }
+                if let Some((result, key, op)) = self.etcd_result_waiting.take() {
+                    self.etcd_record(result, &key, &op);
+                    self.advance(false);
+                }
+            }
             (EtcdPurpose::HandOver, Ok(stdout))
                 if crate::etcd::etcdctl::parse_txn(&stdout) == Ok(true) =>
             {
@@ -381,18 +442,36 @@ impl Manager {
     /// worker died and the lease lapsed), so the callback must not run. The op stays in
     /// progress for the next worker to recover.
     pub fn handle_lease_lapsed(&mut self, why: &str) {
-        self.commands.retain(|c| {
-            !matches!(
-                c,
-                Command::RunCallback { .. } | Command::PrepareEtcdctl { .. }
-            )
-        });
-        self.awaiting_etcd = None;
-        self.callback_ran = false;
+        self.abandon_etcd_turn();
         self.log(
             LogLevel::Warning,
             format!("The etcd lock's lease lapsed before the callback could run ({why}); not running it."),
         );
+    }
+
+    /// The answer to a failed [`Command::RecordGrant`]: a later hook could not tell that
+    /// this grant ran, so the callback does not run (the worker asks for the hook again
+    /// after its timeout).
+    pub fn handle_grant_unrecorded(&mut self, why: &str) {
+        self.abandon_etcd_turn();
+        self.log(
+            LogLevel::Error,
+            format!("Could not record the etcd grant before running its callback ({why}); not running it."),
+        );
+    }
+
+    fn abandon_etcd_turn(&mut self) {
+        self.commands.retain(|c| {
+            !matches!(
+                c,
+                Command::RunCallback { .. }
+                    | Command::PrepareEtcdctl { .. }
+                    | Command::KeepLeaseAlive { .. }
+                    | Command::Etcdctl { .. }
+            )
+        });
+        self.awaiting_etcd = None;
+        self.callback_ran = false;
     }
 
     fn release_plainly(&mut self) {
