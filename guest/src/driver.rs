@@ -629,13 +629,6 @@ fn work(
                     fx.log(LogLevel::Error, &format!("Could not dispatch {event}: {e}"));
                 }
             }
-            Step::WithdrawClaim => {
-                if let Err(e) = fx.remove_file(worker::CLAIM_FILE) {
-                    // Letting the lock go with a claim out could let a hook run without
-                    // it: keep the lock (the lease lapses if this worker dies).
-                    return Ok(Err(format!("could not withdraw the claim: {e}")));
-                }
-            }
             Step::Exit(result) => return Ok(result),
         }
     }

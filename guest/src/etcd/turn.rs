@@ -65,10 +65,11 @@ pub const GRANT_FILE: &str = "etcd/last-grant";
 /// The hook takes the claim at its word — runs the op without reading etcd first, the
 /// hand-off's last etcdctl round trip — when the lease certainly lives and the grant is
 /// above the last one this unit ran ([`GRANT_FILE`]). That is sound because, while the lease
-/// lives, only a hook of this unit that ran this grant (and recorded it) or the worker takes
-/// the lock from this unit, and the worker withdraws its claim before it lets the lock go
-/// ([`crate::etcd::worker::Step::WithdrawClaim`]). Otherwise the hook reads etcd, and the
-/// claim still says whether this worker waits for the result and vouches for the lease.
+/// lives, the lock leaves this unit only through a hook of this unit that ran this grant (and
+/// recorded it), or through the worker once that hook is done — a worker asked to stop with
+/// a hook still to finish leaves the lock to it ([`crate::etcd::worker::Worker::stop`]).
+/// Otherwise the hook reads etcd, and the claim still says whether this worker waits for
+/// the result and vouches for the lease.
 /// The seeded search in the worker's tests plays stale, repeated and re-dispatched hooks,
 /// crashes and lease lapses against both ways.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,7 +122,9 @@ impl WorkerClaim {
                 op_id,
                 lease,
                 lease_certain_until_micros: until,
-                revision: number("revision").and_then(|r| u64::try_from(r).ok()).unwrap_or(0),
+                revision: number("revision")
+                    .and_then(|r| u64::try_from(r).ok())
+                    .unwrap_or(0),
             },
             _ => WorkerClaim {
                 op_id: text.trim().to_string(),
@@ -143,7 +146,11 @@ impl WorkerClaim {
     /// The op a lock-granted hook may run on this claim's word alone, at `now_micros`, when
     /// the last grant this unit ran is `last_grant`: a known grant above it, under a lease
     /// that certainly lives.
-    pub fn taken_at_its_word(&self, last_grant: u64, now_micros: i64) -> Option<(String, Operation)> {
+    pub fn taken_at_its_word(
+        &self,
+        last_grant: u64,
+        now_micros: i64,
+    ) -> Option<(String, Operation)> {
         let lease_lives = !self.lease.is_empty() && now_micros < self.lease_certain_until_micros;
         (self.revision > last_grant && lease_lives)
             .then(|| self.op.clone())

@@ -293,7 +293,12 @@ impl Manager {
 
     /// The etcd-managed callback returned `result`: record it — after collecting the
     /// waiters read while it ran, when it ran on its worker's claim.
-    pub(super) fn etcd_callback_done(&mut self, result: OperationResult, key: String, op: Operation) {
+    pub(super) fn etcd_callback_done(
+        &mut self,
+        result: OperationResult,
+        key: String,
+        op: Operation,
+    ) {
         let from_claim = matches!(
             self.etcd.as_ref().and_then(|e| e.facts.as_ref()),
             Some(Ok(facts)) if facts.from_claim
@@ -386,7 +391,8 @@ impl Manager {
             (EtcdPurpose::ReadWaiters, outcome) => {
                 match outcome.and_then(|out| turn::parse_waiters(&out)) {
                     Ok(waiters) => {
-                        if let Some(Some(Ok(facts))) = self.etcd.as_mut().map(|e| e.facts.as_mut()) {
+                        if let Some(Some(Ok(facts))) = self.etcd.as_mut().map(|e| e.facts.as_mut())
+                        {
                             facts.waiters = waiters;
                         }
                     }
@@ -537,6 +543,7 @@ mod tests {
     use crate::etcd::config::{ETCDCTL_JSON, SERVER_CA, render};
     use crate::etcd::fake::FakeEtcd;
     use crate::etcd::keys::{Keys, owner};
+    use crate::etcd::turn::{GRANT_FILE, WorkerClaim};
     use crate::etcd::worker::{Call, Output, STOP_FILE};
     use crate::manager::{CallbackOutcome, Config, Event, LogLevel, Status, SyncBackendError};
     use crate::timestamp::Timestamp;
@@ -556,6 +563,10 @@ mod tests {
         worker_starts: u32,
         /// Another unit takes the lock while the callback runs (lease lapsed).
         steal_lock: Option<String>,
+        /// etcdctl invocations and callbacks, in order.
+        trace: Vec<String>,
+        /// Writes to base_dir fail.
+        read_only: bool,
     }
 
     impl Effects for Unit<'_> {
@@ -614,6 +625,7 @@ mod tests {
         }
         fn run_callback(&mut self, id: &str, _: &str) -> CallbackOutcome {
             self.calls.push(id.into());
+            self.trace.push(format!("callback {id}"));
             if let Some(lock) = self.steal_lock.take() {
                 self.etcd.put(&lock, "someone-else");
             }
@@ -639,6 +651,7 @@ mod tests {
             stdin: Option<&str>,
             _: u32,
         ) -> Result<Output, Error> {
+            self.trace.push(format!("etcdctl {}", args.join(" ")));
             let call = match args
                 .iter()
                 .map(String::as_str)
@@ -650,6 +663,7 @@ mod tests {
                 ["txn"] => Call::Txn(stdin.unwrap_or_default().into()),
                 ["lease", "keep-alive", "--once", id] => Call::KeepAlive(id.to_string()),
                 ["-w", "json", "txn"] => Call::TxnJson(stdin.unwrap_or_default().into()),
+                ["-w", "json", "get", prefix, "--prefix"] => Call::Range(prefix.to_string()),
                 ["put", key] => {
                     self.etcd.put(key, stdin.unwrap_or_default());
                     return Ok(Output {
@@ -683,6 +697,9 @@ mod tests {
             Ok(self.files.get(path).cloned())
         }
         fn write_file(&mut self, path: &str, data: &[u8], _: u32) -> Result<(), Error> {
+            if self.read_only {
+                return Err(Error::FileSystem(format!("{path}: read-only file system")));
+            }
             self.files.insert(path.into(), data.to_vec());
             Ok(())
         }
@@ -745,6 +762,8 @@ mod tests {
                 result: None,
                 worker_starts: 0,
                 steal_lock: None,
+                trace: vec![],
+                read_only: false,
             }
         }
 
@@ -762,9 +781,41 @@ mod tests {
         driver::request_async_lock(&mut manager, unit, "restart", kwargs, Some(2)).unwrap();
     }
 
+    /// A hook whose first use of the manager is `event`, as the component loads it.
     fn event(unit: &mut Unit<'_>, event: Event) {
-        let mut manager = driver::load(config(), unit).unwrap();
+        let mut manager = driver::load_for(config(), unit, Some(&event)).unwrap();
         driver::handle_event(&mut manager, unit, event).unwrap();
+    }
+
+    /// What the worker writes before it dispatches the hook after claiming the op in
+    /// progress, vouching for the lock's lease for another `certain_ms`: its claim.
+    fn full_claim(world: &mut World, certain_ms: i64) -> WorkerClaim {
+        let keys = world.keys();
+        let (key, value) = world.etcd.first(&keys.inprogress).unwrap();
+        let op = crate::op::Operation::from_json(&value).unwrap();
+        let (_, lease) = world.etcd.kv[&keys.lock];
+        let now = world.unit().now().micros();
+        let claim = WorkerClaim {
+            op_id: op.op_id(),
+            lease: format!("{:x}", lease.unwrap()),
+            lease_certain_until_micros: now + certain_ms * 1000,
+            revision: world.etcd.mod_revision(&key).unwrap(),
+            op: Some((key, op)),
+        };
+        world.files.insert(
+            crate::etcd::worker::CLAIM_FILE.into(),
+            claim.encode().into_bytes(),
+        );
+        claim
+    }
+
+    /// The etcdctl invocations before the callback.
+    fn before_callback(trace: &[String]) -> Vec<&str> {
+        trace
+            .iter()
+            .take_while(|t| !t.starts_with("callback"))
+            .map(String::as_str)
+            .collect()
     }
 
     /// What the worker writes before it dispatches the hook: the claimed op's id.
@@ -1016,6 +1067,152 @@ mod tests {
                 if requeued { "retry-release" } else { "idle" }
             );
         }
+    }
+
+    #[test]
+    fn the_hook_takes_its_workers_claim_at_its_word_and_reads_the_waiters_meanwhile() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        let (_, waiter_owner, _) = waiter(&mut world, "other/3", 5);
+        let claim = full_claim(&mut world, 30_000);
+        let keys = world.keys();
+        let mut unit = world.unit();
+        unit.result = Some("release".into());
+        event(&mut unit, Event::LockGranted);
+        assert_eq!(unit.calls, ["restart"]);
+        assert_eq!(
+            before_callback(&unit.trace),
+            Vec::<&str>::new(),
+            "no etcdctl between the dispatch and the callback"
+        );
+        let after: Vec<&str> = unit.trace.iter().map(String::as_str).collect();
+        assert_eq!(
+            after[1..],
+            [
+                format!("etcdctl -w json get {} --prefix", keys.waiting).as_str(),
+                "etcdctl txn"
+            ]
+        );
+        assert_eq!(world.etcd.get(&keys.lock), Some(waiter_owner.as_str()));
+        assert_eq!(
+            world
+                .files
+                .get(GRANT_FILE)
+                .map(|g| String::from_utf8_lossy(g).to_string()),
+            Some(format!("{}\n", claim.revision)),
+            "the grant is recorded"
+        );
+        assert_eq!(world.bag()["state"], "idle");
+        assert_eq!(world.bag()["processing_backend"], "etcd");
+    }
+
+    #[test]
+    fn a_claim_is_taken_at_its_word_once_and_a_repeated_hook_runs_nothing() {
+        for result in ["release", "retry-hold"] {
+            let mut world = World::configured();
+            request(&mut world.unit(), "{}");
+            worker_claims(&mut world);
+            full_claim(&mut world, 30_000);
+            let mut unit = world.unit();
+            unit.result = Some(result.into());
+            event(&mut unit, Event::LockGranted);
+            assert_eq!(unit.calls, ["restart"]);
+            // The same dispatch again (the claim file is still there): it reads etcd, where
+            // the op is finished.
+            let mut again = world.unit();
+            event(&mut again, Event::LockGranted);
+            assert!(again.calls.is_empty(), "{result}: ran twice");
+            assert!(
+                before_callback(&again.trace)
+                    .first()
+                    .is_some_and(|t| t.contains("txn")),
+                "{result}: it read etcd: {:?}",
+                again.trace
+            );
+        }
+    }
+
+    #[test]
+    fn a_stale_hook_that_ran_the_grant_from_etcd_stops_the_claim_being_taken() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        // The worker has claimed the op but not yet written its claim when a hook from
+        // before (a dispatch of an earlier worker) reads etcd and runs the op, keeping the
+        // lock (retry-hold).
+        let claim = full_claim(&mut world, 30_000);
+        world.files.remove(crate::etcd::worker::CLAIM_FILE);
+        let mut stale = world.unit();
+        stale.result = Some("retry-hold".into());
+        event(&mut stale, Event::LockGranted);
+        assert_eq!(stale.calls, ["restart"]);
+        assert!(world.etcd.first(&world.keys().completed).is_some());
+        // Now the claim lands, and its hook runs.
+        world.files.insert(
+            crate::etcd::worker::CLAIM_FILE.into(),
+            claim.encode().into_bytes(),
+        );
+        let mut claimed = world.unit();
+        event(&mut claimed, Event::LockGranted);
+        assert!(claimed.calls.is_empty(), "the grant ran already");
+    }
+
+    #[test]
+    fn a_claim_whose_lease_may_have_lapsed_is_checked_in_etcd() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        full_claim(&mut world, -1);
+        let mut unit = world.unit();
+        event(&mut unit, Event::LockGranted);
+        assert_eq!(unit.calls, ["restart"], "the lock is still ours");
+        let before = before_callback(&unit.trace);
+        assert!(before[0].ends_with("-w json txn"), "{before:?}");
+        assert!(
+            before[1].contains("keep-alive --once"),
+            "renewed first: {before:?}"
+        );
+    }
+
+    #[test]
+    fn the_hook_that_reads_etcd_records_the_grant_it_runs() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        claim_file_names_the_claimed_op(&mut world);
+        let keys = world.keys();
+        let (key, _) = world.etcd.first(&keys.inprogress).unwrap();
+        let revision = world.etcd.mod_revision(&key).unwrap();
+        event(&mut world.unit(), Event::LockGranted);
+        assert_eq!(
+            world
+                .files
+                .get(GRANT_FILE)
+                .map(|g| String::from_utf8_lossy(g).to_string()),
+            Some(format!("{revision}\n"))
+        );
+    }
+
+    #[test]
+    fn a_grant_that_cannot_be_recorded_is_not_run() {
+        let mut world = World::configured();
+        request(&mut world.unit(), "{}");
+        worker_claims(&mut world);
+        full_claim(&mut world, 30_000);
+        let keys = world.keys();
+        let mut unit = world.unit();
+        unit.read_only = true;
+        event(&mut unit, Event::LockGranted);
+        assert!(unit.calls.is_empty());
+        assert!(
+            world.etcd.first(&keys.inprogress).is_some(),
+            "still claimed"
+        );
+        assert_eq!(
+            world.etcd.get(&keys.lock),
+            Some(owner(MODEL, "app/0").as_str())
+        );
     }
 
     #[test]
