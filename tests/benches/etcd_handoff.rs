@@ -2,14 +2,15 @@
 //! five units contending for the rollingops lock key, side by side with five `etcdctl lock`
 //! processes contending on the same cluster.
 //!
-//! The rollingops side runs the production path: each unit runs the core's own worker loop
-//! (`driver::run_worker`, what the component's `run-worker` runs) natively, its etcdctl
-//! calls, started processes and watch streams going through the host library's
-//! [`Sandbox`], and plays the lock-granted hook with the manager's own
-//! etcd steps ([`turn`], [`handoff`]: one read, with the waiters' registrations; the lease
-//! kept alive during the callback; the finalize's etcdctl started before the callback; the
-//! lock handed to the oldest waiter in the finalize). Only the hook's process
-//! start (juju-exec, the charm) is left out, so the numbers are the lock protocol's.
+//! The rollingops side runs the production path natively: each unit runs the core's own
+//! worker loop (`driver::run_worker`, what the component's `run-worker` runs), and when the
+//! worker dispatches the lock-granted hook, the hook runs at once in the worker's thread as
+//! the component runs it (`driver::load_for` + `driver::handle_event`: the worker's claim
+//! taken at its word, the grant recorded, the lease kept alive and the waiters read during
+//! the callback, the finalize's etcdctl started before it, the lock handed to the oldest
+//! waiter), over an in-memory peer relation and base_dir. Every etcdctl call, started
+//! process and watch stream goes through the host library's [`Sandbox`]. Only the hook's
+//! process start (juju-exec, the charm) is left out, so the numbers are the lock protocol's.
 //!
 //! A hand-off is the time from one critical section ending to the next one starting in a
 //! different unit. The rollingops hand-off is also split into its steps, and the cost of
@@ -28,22 +29,30 @@ use std::collections::HashMap;
 
 use rollingops::sandbox::{Sandbox, StartedEtcdctl};
 use rollingops_guest::driver::{self, BagOwner, Effects};
-use rollingops_guest::etcd::config::ETCDCTL_JSON;
-use rollingops_guest::etcd::handoff;
+use rollingops_guest::etcd::config::{ETCDCTL_JSON, SERVER_CA};
 use rollingops_guest::etcd::keys::{Keys, owner};
-use rollingops_guest::etcd::queue::finalize;
-use rollingops_guest::etcd::turn::{self, WorkerClaim};
-use rollingops_guest::etcd::worker::{CLAIM_FILE, Call, LOCK_GRANTED_HOOK, Output};
-use rollingops_guest::manager::SyncBackendError;
+use rollingops_guest::etcd::worker::{LOCK_GRANTED_HOOK, Output};
+use rollingops_guest::manager::{Event, SyncBackendError};
+use rollingops_guest::queue::OperationQueue;
 use rollingops_guest::wire::Bag;
-use rollingops_guest::{
-    CallbackOutcome, Config, Error, LogLevel, Operation, OperationResult, Timestamp,
-};
+use rollingops_guest::{CallbackOutcome, Config, Error, LogLevel, Operation, Timestamp};
 use rollingops_tests::etcd_cluster::Etcd;
 
 const UNITS: usize = 5;
 const HOLD: Duration = Duration::from_millis(50);
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The charm's configuration of every unit.
+fn config() -> Config {
+    Config {
+        peer_relation_name: "restart".into(),
+        etcd_relation_name: Some("etcd".into()),
+        cluster_id: Some("bench".into()),
+        base_dir: "/bench".into(),
+        callback_ids: vec!["restart".into()],
+        sync_lock_ids: vec![],
+    }
+}
 
 fn rounds() -> usize {
     std::env::var("ROLLINGOPS_BENCH_ROUNDS")
@@ -110,78 +119,17 @@ fn charm_dir() -> PathBuf {
     dir
 }
 
-/// The lock-granted hook's etcd part, as the manager runs it: read the lock, the op and the
-/// waiters' registrations; keep the lease alive during the callback (renewed first unless
-/// the worker's claim vouches for it); the finalize's etcdctl started before the callback;
-/// then hand the lock to the oldest waiter, or release it.
-fn hook(
-    sandbox: &Sandbox,
-    env: &[(String, String)],
-    keys: &Keys,
-    owner: &str,
-    claim: Option<WorkerClaim>,
-    unit: usize,
-    marks: &Marks,
-) {
-    let read = turn::read(keys);
-    let (args, stdin) = read.argv();
-    let out = output(sandbox.run_etcdctl(&args, env, stdin.as_deref(), ETCDCTL_TIMEOUT));
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let facts = turn::parse(&out.stdout).expect("facts");
-    assert_eq!(
-        facts.lock_holder.as_deref(),
-        Some(owner),
-        "a hook ran without the lock"
-    );
-    let (key, op) = facts.inprogress.clone().expect("a claimed op");
-    let lease = facts.lock_lease.clone().expect("a leased lock");
-    let now = (now_ns() / 1000) as i64;
-    let worker_waits = claim.as_ref().is_some_and(|c| c.op_id == op.op_id());
-    let vouched = claim.is_some_and(|c| c.op_id == op.op_id() && c.vouches_for(&lease, now));
-    if !vouched {
-        let renewed = output(sandbox.run_etcdctl(
-            &Call::KeepAlive(lease.clone()).argv().0,
-            env,
-            None,
-            ETCDCTL_TIMEOUT,
-        ));
-        assert_eq!(renewed.code, 0, "{}", renewed.stderr);
-    }
-    let keep_alive = sandbox
-        .start_etcdctl(&["lease".into(), "keep-alive".into(), lease], env)
-        .expect("start");
-    let finalize_txn = sandbox.start_etcdctl(&["txn".into()], env).expect("start");
-    marks.lock().unwrap().push((unit, Mark::Start, now_ns()));
-    std::thread::sleep(HOLD);
-    marks.lock().unwrap().push((unit, Mark::End, now_ns()));
-    let done = finalize(&op, OperationResult::Release);
-    let successor = handoff::successor(keys, owner, &facts.waiters)
-        .filter(|_| worker_waits && turn::releases(&done));
-    let plain = turn::finalize_body(keys, owner, &key, &done, worker_waits);
-    let handed = successor.is_some_and(|to| {
-        let body = turn::hand_over_body(keys, owner, &key, &done, &to);
-        let out = output(finalize_txn.finish(Some(&body), ETCDCTL_TIMEOUT));
-        out.stdout.lines().next() == Some("SUCCESS")
-    });
-    if !handed {
-        let out = output(sandbox.run_etcdctl(&["txn".into()], env, Some(&plain), ETCDCTL_TIMEOUT));
-        assert_eq!(out.stdout.lines().next(), Some("SUCCESS"), "{}", out.stderr);
-    }
-    marks
-        .lock()
-        .unwrap()
-        .push((unit, Mark::Finalized, now_ns()));
-    drop(keep_alive);
-}
-
 /// One unit's outside world for the component's own worker loop
-/// ([`driver::run_worker`]), over the host library's [`Sandbox`]: etcdctl calls, started
-/// processes and watch streams as the Rust hosts run them, files in memory, and the
-/// lock-granted hook played inline when the worker dispatches it.
+/// ([`driver::run_worker`]) and its lock-granted hook, over the host library's [`Sandbox`]:
+/// etcdctl calls, started processes and watch streams as the Rust hosts run them; files,
+/// and this unit's bag of the peer relation, in memory; the hook run inline when the worker
+/// dispatches it.
 struct BenchUnit {
     unit: usize,
-    owner: String,
     keys: Keys,
+    /// This unit's bag on the peer relation (id 1).
+    bag: Bag,
+    callbacks: usize,
     sandbox: Sandbox,
     env: Vec<(String, String)>,
     files: HashMap<String, Vec<u8>>,
@@ -204,19 +152,48 @@ impl Effects for BenchUnit {
     fn is_leader(&mut self) -> Result<bool, Error> {
         Ok(false)
     }
-    fn relation_ids(&mut self, _: &str) -> Result<Vec<u32>, Error> {
-        Ok(vec![])
+    fn relation_ids(&mut self, endpoint: &str) -> Result<Vec<u32>, Error> {
+        Ok(match endpoint {
+            "restart" => vec![1],
+            "etcd" => vec![2],
+            _ => vec![],
+        })
     }
     fn relation_units(&mut self, _: u32) -> Result<Vec<String>, Error> {
         Ok(vec![])
     }
-    fn relation_get(&mut self, _: u32, _: BagOwner<'_>) -> Result<Bag, Error> {
-        Ok(Bag::new())
+    fn relation_get(&mut self, relation_id: u32, owner: BagOwner<'_>) -> Result<Bag, Error> {
+        Ok(match (relation_id, owner) {
+            (1, BagOwner::Unit(_)) => self.bag.clone(),
+            _ => Bag::new(),
+        })
     }
-    fn relation_set(&mut self, _: u32, _: bool, _: &[(String, String)]) -> Result<(), Error> {
+    fn relation_set(
+        &mut self,
+        relation_id: u32,
+        app: bool,
+        pairs: &[(String, String)],
+    ) -> Result<(), Error> {
+        assert_eq!(
+            (relation_id, app),
+            (1, false),
+            "a unit hook writes its own peer bag"
+        );
+        for (key, value) in pairs {
+            if value.is_empty() {
+                self.bag.remove(key);
+            } else {
+                self.bag.insert(key.clone(), value.clone());
+            }
+        }
         Ok(())
     }
-    fn log(&mut self, _: LogLevel, _: &str) {}
+    fn log(&mut self, level: LogLevel, message: &str) {
+        if matches!(level, LogLevel::Warning | LogLevel::Error) {
+            eprintln!("app/{}: {message}", self.unit);
+        }
+    }
+    /// The lock-granted hook, run at once as the component runs it.
     fn dispatch(&mut self, event: &str) -> Result<(), Error> {
         assert_eq!(event, LOCK_GRANTED_HOOK);
         let unit = self.unit;
@@ -224,18 +201,21 @@ impl Effects for BenchUnit {
             .lock()
             .unwrap()
             .push((unit, Mark::Acquired, now_ns()));
-        let claim = self
-            .files
-            .get(CLAIM_FILE)
-            .map(|text| WorkerClaim::decode(&String::from_utf8_lossy(text)));
-        hook(
-            &self.sandbox,
-            &self.env,
-            &self.keys,
-            &self.owner,
-            claim,
-            unit,
-            &self.marks,
+        let before = self.callbacks;
+        let mut manager = driver::load_for(config(), self, Some(&Event::LockGranted))?;
+        driver::handle_event(&mut manager, self, Event::LockGranted)?;
+        self.marks
+            .lock()
+            .unwrap()
+            .push((unit, Mark::Finalized, now_ns()));
+        assert_eq!(
+            self.callbacks,
+            before + 1,
+            "app/{unit}: the hook ran no callback"
+        );
+        assert_eq!(
+            self.bag["processing_backend"], "etcd",
+            "app/{unit} fell back"
         );
         Ok(())
     }
@@ -243,7 +223,15 @@ impl Effects for BenchUnit {
         Timestamp::from_micros((now_ns() / 1000) as i64)
     }
     fn run_callback(&mut self, _: &str, _: &str) -> CallbackOutcome {
-        CallbackOutcome::Missing
+        self.callbacks += 1;
+        let unit = self.unit;
+        self.marks
+            .lock()
+            .unwrap()
+            .push((unit, Mark::Start, now_ns()));
+        std::thread::sleep(HOLD);
+        self.marks.lock().unwrap().push((unit, Mark::End, now_ns()));
+        CallbackOutcome::Returned(None)
     }
     fn sync_backend_acquire(&mut self, _: &str, _: Option<u32>) -> Result<(), SyncBackendError> {
         Ok(())
@@ -353,7 +341,7 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
         .map(|unit| {
             let env = etcd.env();
             let var = |name: &str| env.iter().find(|(k, _)| k == name).unwrap().1.clone();
-            let config = serde_json::json!({
+            let etcdctl_json = serde_json::json!({
                 "endpoints": var("ETCDCTL_ENDPOINTS"),
                 "cacert_path": var("ETCDCTL_CACERT"),
                 "cert_path": var("ETCDCTL_CERT"),
@@ -363,15 +351,26 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
             let mut fx = BenchUnit {
                 unit,
                 keys: Keys::new("bench", &owner),
-                owner,
+                bag: Bag::from([("processing_backend".to_string(), "etcd".to_string())]),
+                callbacks: 0,
                 sandbox: Sandbox::new(&charm, std::env::temp_dir()),
                 env: env.clone(),
-                files: HashMap::from([(ETCDCTL_JSON.to_string(), config.to_string().into_bytes())]),
+                files: HashMap::from([
+                    (
+                        ETCDCTL_JSON.to_string(),
+                        etcdctl_json.to_string().into_bytes(),
+                    ),
+                    (
+                        SERVER_CA.to_string(),
+                        b"(the etcdctl config names the CA)".to_vec(),
+                    ),
+                ]),
                 started: HashMap::new(),
                 next_handle: 0,
                 marks: marks.clone(),
             };
             std::thread::spawn(move || {
+                let mut queue = Vec::new();
                 for round in 0..rounds {
                     let op = Operation::new(
                         "restart",
@@ -387,16 +386,13 @@ fn rollingops(etcd: &Etcd, marks: Marks) {
                         ETCDCTL_TIMEOUT,
                     ));
                     assert_eq!(out.code, 0, "{}", out.stderr);
+                    queue.push(op);
                 }
-                let config = Config {
-                    peer_relation_name: "restart".into(),
-                    etcd_relation_name: Some("etcd".into()),
-                    cluster_id: Some("bench".into()),
-                    base_dir: "/bench".into(),
-                    callback_ids: vec![],
-                    sync_lock_ids: vec![],
-                };
-                driver::run_worker(&config, &mut fx).expect("worker");
+                // The peer relation's mirror of the queue, as a request writes it.
+                let mirror = OperationQueue::from_ops(queue).encode();
+                fx.bag.insert("operations".into(), mirror);
+                driver::run_worker(&config(), &mut fx).expect("worker");
+                assert_eq!(fx.callbacks, rounds, "app/{unit} ran every op once");
             })
         })
         .collect();
@@ -485,7 +481,7 @@ fn stats(values: &[f64]) -> (f64, f64) {
 
 /// The rollingops hand-off split into steps: the waiter's watch seeing the lock move (the
 /// holder's hand-over, or its release), the waiter's worker asking for its hook (at once when
-/// handed the lock, after its lock transaction when released), the hook's read.
+/// handed the lock, after its lock transaction when released), the hook up to its callback.
 fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, Vec<f64>)> {
     let marks = marks.lock().unwrap();
     let last_before = |unit: usize, kind: Mark, from: u128, to: u128| {
@@ -498,7 +494,7 @@ fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, 
     let mut parts: Vec<(&'static str, Vec<f64>)> = vec![
         ("section end -> waiter's watch saw the lock move", vec![]),
         ("-> waiter's worker asked for its hook", vec![]),
-        ("-> hook read etcd, next section starts", vec![]),
+        ("-> hook loaded, next section starts", vec![]),
         (
             "(holder's finalize txn returned, after section end)",
             vec![],
