@@ -72,12 +72,31 @@ impl Sandbox {
     /// Start `etcdctl` and leave it running with its stdin open (WIT `start-etcdctl`): its
     /// output is drained meanwhile, and it dies with this process (`PR_SET_PDEATHSIG`) or
     /// when the returned [`StartedEtcdctl`] is dropped.
+    ///
+    /// Returns before the process exists: a thread of its own forks and execs it (a
+    /// millisecond or more on a busy machine, three times in a lock-granted hook before its
+    /// callback) and stays, as its parent, for as long as the handle. A failure to start
+    /// surfaces at the handle's first use.
     pub fn start_etcdctl(
         &self,
         args: &[String],
         env: &[(String, String)],
     ) -> Result<StartedEtcdctl, Error> {
-        self.spawn_etcdctl(args, env, true, true)
+        let mut command = self.command(args, env, true, true)?;
+        let (started, spawned) = mpsc::channel();
+        let (owner, released) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let child = command
+                .spawn()
+                .map_err(|e| format!("cannot start etcdctl: {e}"));
+            let _ = started.send(child.map(Running::drain));
+            // The child's parent for PR_SET_PDEATHSIG: stay until the handle goes.
+            let _ = released.recv();
+        });
+        Ok(StartedEtcdctl {
+            process: Process::Starting(spawned),
+            _owner: owner,
+        })
     }
 
     fn spawn_etcdctl(
@@ -86,7 +105,25 @@ impl Sandbox {
         env: &[(String, String)],
         stdin: bool,
         die_with_parent: bool,
-    ) -> Result<StartedEtcdctl, Error> {
+    ) -> Result<Running, Error> {
+        let mut command = self.command(args, env, stdin, die_with_parent)?;
+        let child = command.spawn().map_err(|e| {
+            Error::Etcdctl(format!(
+                "cannot start {}: {e}",
+                self.etcdctl_path().display()
+            ))
+        })?;
+        Ok(Running::drain(child))
+    }
+
+    /// The etcdctl command, once the program is checked.
+    fn command(
+        &self,
+        args: &[String],
+        env: &[(String, String)],
+        stdin: bool,
+        die_with_parent: bool,
+    ) -> Result<Command, Error> {
         let program = self.etcdctl_path();
         let resolved = std::fs::canonicalize(&program).map_err(|e| {
             Error::Etcdctl(format!(
@@ -122,10 +159,7 @@ impl Sandbox {
                 });
             }
         }
-        let child = command
-            .spawn()
-            .map_err(|e| Error::Etcdctl(format!("cannot start {}: {e}", program.display())))?;
-        Ok(StartedEtcdctl::drain(child))
+        Ok(command)
     }
 
     /// Map a component path onto `base_dir`, refusing anything that could leave it.
@@ -219,9 +253,74 @@ enum Until {
     FirstLine,
 }
 
-/// A running etcdctl whose output is being collected (see [`Sandbox::start_etcdctl`]).
+/// A started etcdctl whose output is being collected (see [`Sandbox::start_etcdctl`]).
 /// Dropping it kills the process.
 pub struct StartedEtcdctl {
+    process: Process,
+    /// Keeps the thread that started the process (its parent) alive; dropped last.
+    _owner: mpsc::Sender<()>,
+}
+
+enum Process {
+    /// Its thread is starting it.
+    Starting(Receiver<Result<Running, String>>),
+    Running(Running),
+    /// It could not be started (why), or it was handed to [`StartedEtcdctl::finish`].
+    Gone(String),
+}
+
+impl StartedEtcdctl {
+    /// The process, once its thread has started it.
+    fn running(&mut self) -> Result<&mut Running, Error> {
+        if let Process::Starting(spawned) = &self.process {
+            self.process = match spawned.recv() {
+                Ok(Ok(running)) => Process::Running(running),
+                Ok(Err(why)) => Process::Gone(why),
+                Err(_) => Process::Gone("the thread starting etcdctl died".into()),
+            };
+        }
+        match &mut self.process {
+            Process::Running(running) => Ok(running),
+            Process::Gone(why) => Err(Error::Etcdctl(why.clone())),
+            Process::Starting(_) => unreachable!("resolved above"),
+        }
+    }
+
+    /// The next complete stdout line (WIT `read-etcdctl-line`): `Ok(None)` when `timeout`
+    /// passes first, an error once the process has exited and every line was read.
+    pub fn next_line(&mut self, timeout: Duration) -> Result<Option<String>, Error> {
+        self.running()?.next_line(timeout)
+    }
+
+    /// Give the process its stdin, then wait until it exits or `timeout` has passed (WIT
+    /// `finish-etcdctl`).
+    pub fn finish(mut self, stdin: Option<&str>, timeout: Duration) -> Result<ExecOutput, Error> {
+        self.running()?;
+        let Process::Running(running) =
+            std::mem::replace(&mut self.process, Process::Gone("finished".into()))
+        else {
+            unreachable!("running above");
+        };
+        running.finish(stdin, timeout)
+    }
+
+    /// The process id, once it is started.
+    pub fn id(&mut self) -> Result<u32, Error> {
+        Ok(self.running()?.child.id())
+    }
+}
+
+impl Drop for StartedEtcdctl {
+    fn drop(&mut self) {
+        // A process still starting is waited for, so that it is killed and reaped too.
+        if let Ok(running) = self.running() {
+            running.kill_if_alive();
+        }
+    }
+}
+
+/// A running etcdctl and the threads collecting its output.
+struct Running {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Arc<Mutex<Collected>>,
@@ -260,7 +359,7 @@ impl Collected {
     }
 }
 
-impl StartedEtcdctl {
+impl Running {
     /// Start the reader threads. They signal the moment their condition is met, so nothing
     /// polls.
     fn drain(mut child: Child) -> Self {
@@ -298,7 +397,7 @@ impl StartedEtcdctl {
                 }
             })
         };
-        StartedEtcdctl {
+        Running {
             child,
             stdin,
             stdout: out_text,
@@ -310,9 +409,7 @@ impl StartedEtcdctl {
         }
     }
 
-    /// The next complete stdout line (WIT `read-etcdctl-line`): `Ok(None)` when `timeout`
-    /// passes first, an error once the process has exited and every line was read.
-    pub fn next_line(&mut self, timeout: Duration) -> Result<Option<String>, Error> {
+    fn next_line(&mut self, timeout: Duration) -> Result<Option<String>, Error> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             {
@@ -355,9 +452,7 @@ impl StartedEtcdctl {
         written.map_err(|e| Error::Etcdctl(format!("writing etcdctl stdin: {e}")))
     }
 
-    /// Give the process its stdin, then wait until it exits or `timeout` has passed (WIT
-    /// `finish-etcdctl`).
-    pub fn finish(mut self, stdin: Option<&str>, timeout: Duration) -> Result<ExecOutput, Error> {
+    fn finish(mut self, stdin: Option<&str>, timeout: Duration) -> Result<ExecOutput, Error> {
         if let Err(e) = self.feed(stdin) {
             // It may have died already (a lost connection): report what it said.
             let out = self.wait(timeout, Until::Exit)?;
@@ -411,23 +506,22 @@ impl StartedEtcdctl {
         })
     }
 
-    /// The process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Kill the process and reap it.
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
 
-impl Drop for StartedEtcdctl {
-    fn drop(&mut self) {
+    fn kill_if_alive(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.kill();
         }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_if_alive();
     }
 }
 
@@ -553,36 +647,44 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_started_etcdctl_waits_for_its_input_and_dies_with_its_handle_or_its_parent() {
+    /// A charm directory whose `etcdctl` is a script: `txn`: one line of input echoed;
+    /// `keep`: runs until killed (like keep-alive); `stream`: lines now and later, then a
+    /// long life (like watch); `short`: one line, a complaint, exit.
+    fn scripted_etcdctl(name: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let root = temp_dir("started");
+        let root = temp_dir(name);
         let bin = root.join("usr/bin");
         std::fs::create_dir_all(&bin).unwrap();
         let script = bin.join("etcdctl");
-        // `txn`: one line of input echoed; `keep`: runs until killed (like keep-alive);
-        // `stream`: lines now and later, then a long life (like watch); `short`: one line,
-        // a complaint, exit.
         std::fs::write(
             &script,
             "#!/bin/sh\ncase \"$1\" in\n  txn) read -r line; echo \"got $line\";;\n  keep) exec sleep 30;;\n  stream) echo one; echo two; sleep 0.3; echo three; exec sleep 30;;\n  short) echo only; echo oops >&2;;\nesac\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        root
+    }
+
+    #[test]
+    fn a_started_etcdctl_waits_for_its_input_and_dies_with_its_handle() {
+        let root = scripted_etcdctl("started");
         let sandbox = Sandbox::new(&root, root.join("base"));
         let long = Duration::from_secs(5);
 
-        let txn = sandbox.start_etcdctl(&["txn".into()], &[]).unwrap();
+        let mut txn = sandbox.start_etcdctl(&["txn".into()], &[]).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        assert!(alive(txn.id()), "it did not wait for its input");
+        assert!(alive(txn.id().unwrap()), "it did not wait for its input");
         let out = txn.finish(Some("body\n"), long).unwrap();
         assert_eq!((out.code, out.stdout.as_str()), (0, "got body\n"));
 
-        let keep = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
-        let pid = keep.id();
+        let mut keep = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
+        let pid = keep.id().unwrap();
         assert!(alive(pid));
         drop(keep);
         assert!(!alive(pid), "dropping the handle left it running");
+        // Dropped while still starting: waited for, killed.
+        let starting = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
+        drop(starting);
 
         // Lines one by one, as they come; none before the timeout; an error after the end.
         let mut stream = sandbox.start_etcdctl(&["stream".into()], &[]).unwrap();
@@ -601,24 +703,40 @@ mod tests {
         let ended = short.next_line(long).unwrap_err();
         assert!(format!("{ended:?}").contains("oops"), "{ended:?}");
 
-        // The thread that started it ends without a word (the hook process dying): the
-        // kernel kills it (PR_SET_PDEATHSIG), so a keep-alive cannot outlive its hook.
-        let orphan = {
-            let sandbox = sandbox.clone();
-            std::thread::spawn(move || {
-                let keep = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
-                let pid = keep.id();
-                std::mem::forget(keep);
-                pid
-            })
-            .join()
-            .unwrap()
-        };
-        let deadline = std::time::Instant::now() + long;
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// The process that started it ends without a word (the hook's process killed): the
+    /// kernel kills it (`PR_SET_PDEATHSIG`), so a keep-alive cannot outlive its hook. The
+    /// starting process is this test binary run again, as `ROLLINGOPS_SANDBOX_CHILD`.
+    #[test]
+    fn a_started_etcdctl_dies_with_the_process_that_started_it() {
+        const NAME: &str =
+            "sandbox::tests::a_started_etcdctl_dies_with_the_process_that_started_it";
+        if let Ok(root) = std::env::var("ROLLINGOPS_SANDBOX_CHILD") {
+            let sandbox = Sandbox::new(&root, PathBuf::from(&root).join("base"));
+            let mut keep = sandbox.start_etcdctl(&["keep".into()], &[]).unwrap();
+            println!("started pid {}", keep.id().unwrap());
+            std::process::exit(0);
+        }
+        let root = scripted_etcdctl("orphan");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("ROLLINGOPS_SANDBOX_CHILD", &root)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let orphan: u32 = stdout
+            .lines()
+            .find_map(|l| l.split("started pid ").nth(1))
+            .unwrap_or_else(|| panic!("the child said: {stdout}"))
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while alive(orphan) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!alive(orphan), "it outlived the thread that started it");
+        assert!(!alive(orphan), "it outlived the process that started it");
         let _ = std::fs::remove_dir_all(&root);
     }
 
