@@ -247,9 +247,15 @@ impl Manager {
         self.log(
             LogLevel::Info,
             format!(
-                "Running {:?} under the etcd lock (attempt {}).",
+                "Running {:?} under the etcd lock (attempt {}, grant {}, {}).",
                 op.callback_id,
-                op.attempt + 1
+                op.attempt + 1,
+                facts.inprogress_revision,
+                if facts.from_claim {
+                    "on the worker's claim"
+                } else {
+                    "read from etcd"
+                }
             ),
         );
         if facts.inprogress_revision > 0 && facts.inprogress_revision > etcd.last_grant {
@@ -391,6 +397,10 @@ impl Manager {
             (EtcdPurpose::ReadWaiters, outcome) => {
                 match outcome.and_then(|out| turn::parse_waiters(&out)) {
                     Ok(waiters) => {
+                        self.log(
+                            LogLevel::Debug,
+                            format!("{} registered for the etcd lock.", waiters.len()),
+                        );
                         if let Some(Some(Ok(facts))) = self.etcd.as_mut().map(|e| e.facts.as_mut())
                         {
                             facts.waiters = waiters;
