@@ -73,7 +73,8 @@ pub struct Timing {
     /// Longest single watch (milliseconds); below `keep_alive_ms` so renewals stay on time.
     pub watch_timeout_ms: u32,
     /// After releasing, wait this long before competing again, so that units already
-    /// waiting (woken by their watch) take the lock first (milliseconds).
+    /// waiting (woken by their watch) take the lock first (milliseconds). Short, so that
+    /// this unit registers again soon and the next holder finds it to hand the lock to.
     pub yield_after_release_ms: u64,
     /// After losing the race that followed a release, wait this long before watching again
     /// (milliseconds). The watch starts from the revision of the lost attempt, so nothing is
@@ -83,9 +84,14 @@ pub struct Timing {
     /// (bench, 5 units × 20 rounds: median 14.5–16.9 ms with 0, 20.9 ms with 20).
     pub rewatch_delay_ms: u64,
     /// After the hook's finalize (the watch on the in-progress key fired), wait this long
-    /// before this worker's own bookkeeping (milliseconds): when the hook released the lock
-    /// the next unit is starting, and this worker's etcdctl start-ups would compete with it
-    /// for the CPU.
+    /// before this worker's own bookkeeping (milliseconds): when the hook handed the lock
+    /// over, the next unit is starting, and this worker's etcdctl start-ups would compete
+    /// with it for the CPU. The next unit's hook needs well under a millisecond to its
+    /// callback now (its claim taken at its word, its processes started in the background),
+    /// so a short pause is enough, and a long one keeps this unit from registering again in
+    /// time to be handed the lock (bench, 5 units × 20 rounds, lease kept between ops:
+    /// median 2.4–2.7 ms with 10 and 10, 3.1–3.4 ms with 100 and 50 for this and
+    /// `yield_after_release_ms`).
     pub after_hook_delay_ms: u64,
     /// The claim a worker hands its hook (see [`CLAIM_FILE`]) vouches for the lease until
     /// its last renewal (as sent) plus its TTL, less this margin (milliseconds).
@@ -103,9 +109,9 @@ impl Default for Timing {
             retry_budget: 12,
             retry_window_ms: 20_000,
             watch_timeout_ms: 10_000,
-            yield_after_release_ms: 50,
+            yield_after_release_ms: 10,
             rewatch_delay_ms: 0,
-            after_hook_delay_ms: 100,
+            after_hook_delay_ms: 10,
             claim_margin_ms: 20_000,
         }
     }
@@ -691,6 +697,11 @@ impl Worker {
                 }
             },
             State::LastLook => match first(stdout)? {
+                // Done: give the lease back, then exit.
+                None if self.lease.is_some() => {
+                    self.stopping = true;
+                    State::ExpectRevoke
+                }
                 None => State::Finished,
                 Some(found) => {
                     self.claimed = Some(found);
@@ -829,15 +840,16 @@ impl Worker {
             },
             State::ExpectInProgress => match first(stdout)? {
                 Some(_) => State::AwaitingHook,
-                // The hook finalized and released the lock in one transaction: give the
-                // lease back (nothing is attached to it any more) and look for more work.
+                // The hook finalized and released the lock (or handed it over) in one
+                // transaction: look for more work, keeping the lease (nothing is attached to
+                // it any more) for the next attempt — two etcdctl calls fewer before this
+                // unit registers again; it is revoked when there is nothing left.
                 None => {
                     self.hook_pending = false;
                     self.claimed = None;
                     self.claim_revision = None;
                     self.grant_revision = None;
-                    self.holding = false;
-                    State::ExpectRevoke
+                    self.after_release()
                 }
             },
             State::ExpectPostProcess { release_after } => {
