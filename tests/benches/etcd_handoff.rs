@@ -523,8 +523,10 @@ fn steps(marks: &Marks, sections: &[(usize, u128, u128)]) -> Vec<(&'static str, 
 }
 
 /// The cost of one etcdctl process: start-up alone (`version`, no network) and a TLS
-/// round trip (`get`, which dials, handshakes and reads).
-fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 4] {
+/// round trip (`get`, which dials, handshakes and reads); and, for reading the baseline,
+/// what `etcdctl lock` pays between the lock and its command's first mark (starting the
+/// command: `sh`, then `date`) — the rollingops mark is taken inside the hook instead.
+fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 5] {
     let sandbox = Sandbox::new(charm_dir(), std::env::temp_dir());
     let env = etcd.env();
     let body = "\n\nget /bench-probe\n\n";
@@ -561,6 +563,17 @@ fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 4] {
             })
             .collect()
     };
+    let command_start: Vec<f64> = (0..20)
+        .map(|_| {
+            let before = now_ns();
+            let out = Command::new("/bin/sh")
+                .args(["-c", "date +%s%N"])
+                .output()
+                .unwrap();
+            let printed: u128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            (printed.saturating_sub(before)) as f64 / 1e6
+        })
+        .collect();
     [
         (
             "etcdctl version (process start-up only)",
@@ -577,6 +590,10 @@ fn etcdctl_costs(etcd: &Etcd) -> [(&'static str, Vec<f64>); 4] {
         (
             "etcdctl txn over TLS, started 100 ms ahead",
             txn_times(true),
+        ),
+        (
+            "baseline's command start (sh -c 'date +%s%N')",
+            command_start,
         ),
     ]
 }

@@ -227,7 +227,7 @@ class Host:
         """The last exception a sync-lock backend raised, to chain the library's error to it."""
         self.worker: WorkerSettings | None = None
         """How to start this unit's etcd worker; None when the manager has no etcd mode."""
-        self._started: dict[int, _Drained] = {}
+        self._started: dict[int, _Background] = {}
         self._next_handle = 0
 
     # -- juju ------------------------------------------------------------------------------
@@ -475,66 +475,63 @@ class Host:
     def start_etcdctl(self, args: list[str], env: list[tuple[str, str]]) -> int | Variant:
         """Start etcdctl with its stdin open and leave it running; a handle.
 
-        Its output is drained meanwhile; it dies with this process (``PR_SET_PDEATHSIG``),
-        with :meth:`stop_etcdctl`, or when this host is closed.
+        Returns before the process exists: a thread of its own forks and execs it, off the
+        hook's path to its callback (see :class:`_Background`). Its output is drained
+        meanwhile; it dies with this process (``PR_SET_PDEATHSIG``) or with
+        :meth:`stop_etcdctl`.
         """
-        started = self._spawn_etcdctl(args, env, stdin=True, die_with_parent=True)
-        if isinstance(started, Variant):
-            return started
+        program = self.etcdctl_path()
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            return _err('etcdctl', f'etcdctl is not installed at {program}')
         self._next_handle += 1
-        self._started[self._next_handle] = started
+        self._started[self._next_handle] = _Background(
+            lambda: _spawn(program, args, env, stdin=True, die_with_parent=True)
+        )
         return self._next_handle
 
     def finish_etcdctl(self, handle: int, stdin: str | None, timeout_ms: int) -> Record | Variant:
         """Give a started etcdctl its stdin, wait for it to exit, return its output."""
-        started = self._started.pop(handle, None)
-        if started is None:
+        background = self._started.pop(handle, None)
+        if background is None:
             return _err('etcdctl', f'no started etcdctl has handle {handle}')
         try:
-            started.feed(stdin)
-        except OSError as e:
-            said = getattr(started.wait(timeout_ms, first_line=False), 'stderr', '')
-            return _err('etcdctl', f'writing etcdctl stdin: {e}; etcdctl said: {said}')
-        return started.wait(timeout_ms, first_line=False)
+            started = background.process()
+            if isinstance(started, Variant):
+                return started
+            try:
+                started.feed(stdin)
+            except OSError as e:
+                said = getattr(started.wait(timeout_ms, first_line=False), 'stderr', '')
+                return _err('etcdctl', f'writing etcdctl stdin: {e}; etcdctl said: {said}')
+            return started.wait(timeout_ms, first_line=False)
+        finally:
+            background.release()
 
     def read_etcdctl_line(self, handle: int, timeout_ms: int) -> str | Variant | None:
         """The next complete stdout line of a started etcdctl, or None after the timeout."""
-        started = self._started.get(handle)
-        if started is None:
+        background = self._started.get(handle)
+        if background is None:
             return _err('etcdctl', f'no started etcdctl has handle {handle}')
+        started = background.process()
+        if isinstance(started, Variant):
+            return started
         try:
             return started.next_line(timeout_ms)
         except EOFError as e:
             return _err('etcdctl', f'etcdctl exited: {e}')
 
     def stop_etcdctl(self, handle: int) -> None:
-        started = self._started.pop(handle, None)
-        if started is not None:
-            started.kill()
+        background = self._started.pop(handle, None)
+        if background is not None:
+            background.release()
 
     def _spawn_etcdctl(
-        self,
-        args: list[str],
-        env: list[tuple[str, str]],
-        *,
-        stdin: bool,
-        die_with_parent: bool = False,
+        self, args: list[str], env: list[tuple[str, str]], *, stdin: bool
     ) -> _Drained | Variant:
         program = self.etcdctl_path()
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
             return _err('etcdctl', f'etcdctl is not installed at {program}')
-        try:
-            child = subprocess.Popen(
-                [program, *args],
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(env),
-                preexec_fn=_die_with_parent_hook() if die_with_parent else None,  # noqa: PLW1509
-            )
-        except OSError as e:
-            return _err('etcdctl', f'etcdctl could not be started: {e}')
-        return _Drained(child)
+        return _spawn(program, args, env, stdin=stdin, die_with_parent=False)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -685,6 +682,72 @@ def _record(**fields: object) -> Record:
 # Output kept per stream of a started process: a keep-alive prints a line per renewal for
 # as long as a lock is held, so only the tail is kept.
 _KEEP_BYTES = 256 * 1024
+
+
+def _spawn(
+    program: str,
+    args: list[str],
+    env: list[tuple[str, str]],
+    *,
+    stdin: bool,
+    die_with_parent: bool,
+) -> _Drained | Variant:
+    """Start ``program`` with ``args`` and exactly ``env``; its output drained."""
+    try:
+        child = subprocess.Popen(
+            [program, *args],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            preexec_fn=_die_with_parent_hook() if die_with_parent else None,  # noqa: PLW1509
+        )
+    except OSError as e:
+        return _err('etcdctl', f'etcdctl could not be started: {e}')
+    return _Drained(child)
+
+
+class _Background:
+    """A process started by a thread of its own, which stays as its parent until released.
+
+    Forking and exec'ing takes a millisecond or more on a busy machine, and a lock-granted
+    hook starts three processes before its callback; started here, they cost it nothing.
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, so that
+    thread waits for :meth:`release` (or dies with this process, killing the child).
+    """
+
+    def __init__(self, spawn: Callable[[], _Drained | Variant]):
+        self._spawned: _Drained | Variant | None = None
+        self._ready = threading.Event()
+        self._released = threading.Event()
+        threading.Thread(target=self._own, args=(spawn,), daemon=True).start()
+
+    def _own(self, spawn: Callable[[], _Drained | Variant]) -> None:
+        try:
+            self._spawned = spawn()
+        finally:
+            self._ready.set()
+        self._released.wait()
+
+    def process(self) -> _Drained | Variant:
+        """The started process (waiting for its start), or why it could not start."""
+        self._ready.wait()
+        if self._spawned is None:
+            return _err('etcdctl', 'the thread starting etcdctl failed')
+        return self._spawned
+
+    @property
+    def pid(self) -> int:
+        started = self.process()
+        assert isinstance(started, _Drained), started
+        return started.child.pid
+
+    def release(self) -> None:
+        """Kill the process if it still runs, and let its thread go."""
+        started = self.process()
+        if isinstance(started, _Drained):
+            started.kill()
+        self._released.set()
 
 
 class _Drained:
