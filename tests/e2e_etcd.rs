@@ -354,6 +354,15 @@ fn two_applications_share_one_etcd_lock_one_restart_at_a_time() {
         let failed: Vec<_> = journal.iter().filter(|j| j.exit != 0).collect();
         assert!(failed.is_empty(), "{failed:#?}\n{}", dump(&models));
         assert!(model.abandoned().is_empty(), "{:?}", model.abandoned());
+        // Each lock-granted hook took its worker's claim at its word: no etcd read between
+        // the dispatch and the callback.
+        for unit in &model.units {
+            let log = model.juju_log(unit);
+            assert!(
+                log.contains("on the worker's claim") && !log.contains("read from etcd"),
+                "{unit}: {log}"
+            );
+        }
         for (unit, bag) in model.unit_bags() {
             assert!(
                 bag.get("state").is_none_or(|s| s == "idle"),
