@@ -541,7 +541,7 @@ pub fn run_worker(config: &Config, fx: &mut impl Effects) -> Result<(), Error> {
     let mut prepared = Prepared::default();
     let result = work(&mut worker, fx, &env, start, &mut prepared);
     prepared.stop_all(fx);
-    // No hook is left to read the claim; a stale one could only mislead.
+    // Without its worker a claim can only grow stale: a hook still to come reads etcd.
     let _ = fx.remove_file(worker::CLAIM_FILE);
     match result? {
         Ok(()) => {

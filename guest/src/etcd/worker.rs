@@ -43,11 +43,12 @@ pub const ETCD_FAILED_HOOK: &str = "rollingops_etcd_failed";
 /// the unit falls back to the peer relation; removed when a worker is started).
 pub const STOP_FILE: &str = "etcd/worker-stop";
 /// A file under base_dir where the worker writes what it claimed before dispatching the
-/// lock-granted hook ([`crate::etcd::turn::WorkerClaim`]). A hook that finds the op it runs
-/// named there knows that this implementation's worker is waiting (watching the in-progress
-/// key), so it may finalize and release (or hand the lock over) in one transaction; for any
-/// other worker (the reference's, still running after an upgrade, polls `completed`) it
-/// moves the op to `completed` as the reference does.
+/// lock-granted hook ([`crate::etcd::turn::WorkerClaim`]). The hook may take it at its word
+/// and run the op without reading etcd (see there when); a hook that finds the op it runs
+/// named there knows that this implementation's worker is waiting (watching the
+/// in-progress key), so it may finalize and release (or hand the lock over) in one
+/// transaction; for any other worker (the reference's, still running after an upgrade,
+/// polls `completed`) it moves the op to `completed` as the reference does.
 pub const CLAIM_FILE: &str = "etcd/worker-claim";
 
 /// Timing knobs.
