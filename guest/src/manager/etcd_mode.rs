@@ -761,6 +761,14 @@ mod tests {
             }
         }
 
+        /// One op requested and claimed by the worker under the lock.
+        fn with_a_claimed_op() -> World {
+            let mut world = World::configured();
+            request(&mut world.unit(), "{}");
+            worker_claims(&mut world);
+            world
+        }
+
         fn unit(&mut self) -> Unit<'_> {
             Unit {
                 name: "app/0",
@@ -892,9 +900,7 @@ mod tests {
 
     #[test]
     fn s6_4_lock_granted_runs_the_claimed_op_and_mirrors_it() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         let mut unit = world.unit();
         unit.result = Some("retry-release".into());
         event(&mut unit, Event::LockGranted);
@@ -954,9 +960,7 @@ mod tests {
     #[test]
     fn the_hook_hands_the_lock_to_the_longest_waiting_unit() {
         for (result, requeued) in [("release", false), ("retry-release", true)] {
-            let mut world = World::configured();
-            request(&mut world.unit(), "{}");
-            worker_claims(&mut world);
+            let mut world = World::with_a_claimed_op();
             let (first, first_owner, first_lease) = waiter(&mut world, "other/3", 5);
             let (second, _, _) = waiter(&mut world, "other/1", 1);
             let keys = world.keys();
@@ -989,9 +993,7 @@ mod tests {
 
     #[test]
     fn a_waiting_sync_lock_request_is_handed_the_lock_in_its_turn() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         // Another unit's `acquire_sync_lock` found the lock held and registered.
         let sync_owner = format!("{}:sync", owner(MODEL, "other/0"));
         let keys = world.keys();
@@ -1027,9 +1029,7 @@ mod tests {
 
     #[test]
     fn a_waiter_that_left_gets_nothing_and_the_lock_is_released() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         let (gone, gone_owner, _) = waiter(&mut world, "other/0", 5);
         // Its op went (the unit fell back and cleaned up) but the registration is still read.
         let (pending, _) = world.etcd.first(&gone.pending).unwrap();
@@ -1052,9 +1052,7 @@ mod tests {
     #[test]
     fn the_hook_releases_the_lock_with_the_result_when_our_worker_claimed_the_op() {
         for (result, requeued) in [("release", false), ("retry-release", true)] {
-            let mut world = World::configured();
-            request(&mut world.unit(), "{}");
-            worker_claims(&mut world);
+            let mut world = World::with_a_claimed_op();
             let keys = world.keys();
             claim_file_names_the_claimed_op(&mut world);
             let mut unit = world.unit();
@@ -1081,9 +1079,7 @@ mod tests {
 
     #[test]
     fn the_hook_takes_its_workers_claim_at_its_word_and_reads_the_waiters_meanwhile() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         let (_, waiter_owner, _) = waiter(&mut world, "other/3", 5);
         let claim = full_claim(&mut world, 30_000);
         let keys = world.keys();
@@ -1120,9 +1116,7 @@ mod tests {
     #[test]
     fn a_claim_is_taken_at_its_word_once_and_a_repeated_hook_runs_nothing() {
         for result in ["release", "retry-hold"] {
-            let mut world = World::configured();
-            request(&mut world.unit(), "{}");
-            worker_claims(&mut world);
+            let mut world = World::with_a_claimed_op();
             full_claim(&mut world, 30_000);
             let mut unit = world.unit();
             unit.result = Some(result.into());
@@ -1145,9 +1139,7 @@ mod tests {
 
     #[test]
     fn a_stale_hook_that_ran_the_grant_from_etcd_stops_the_claim_being_taken() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         // The worker has claimed the op but not yet written its claim when a hook from
         // before (a dispatch of an earlier worker) reads etcd and runs the op, keeping the
         // lock (retry-hold).
@@ -1170,9 +1162,7 @@ mod tests {
 
     #[test]
     fn a_claim_whose_lease_may_have_lapsed_is_checked_in_etcd() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         full_claim(&mut world, -1);
         let mut unit = world.unit();
         event(&mut unit, Event::LockGranted);
@@ -1187,9 +1177,7 @@ mod tests {
 
     #[test]
     fn the_hook_that_reads_etcd_records_the_grant_it_runs() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         claim_file_names_the_claimed_op(&mut world);
         let keys = world.keys();
         let (key, _) = world.etcd.first(&keys.inprogress).unwrap();
@@ -1206,9 +1194,7 @@ mod tests {
 
     #[test]
     fn a_grant_that_cannot_be_recorded_is_not_run() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         full_claim(&mut world, 30_000);
         let keys = world.keys();
         let mut unit = world.unit();
@@ -1310,9 +1296,7 @@ mod tests {
 
     #[test]
     fn a_hook_without_the_lock_runs_nothing() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         let keys = world.keys();
         world.etcd.put(&keys.lock, &owner(MODEL, "app/9"));
         let mut unit = world.unit();
@@ -1323,9 +1307,7 @@ mod tests {
 
     #[test]
     fn s6_4_lock_lost_during_the_callback_mirrors_then_falls_back() {
-        let mut world = World::configured();
-        request(&mut world.unit(), "{}");
-        worker_claims(&mut world);
+        let mut world = World::with_a_claimed_op();
         let lock = world.keys().lock;
         let mut unit = world.unit();
         unit.steal_lock = Some(lock);
