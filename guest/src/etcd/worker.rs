@@ -1103,8 +1103,16 @@ mod tests {
             unit.results.remove(0)
         };
         let done = finalize(&op, result);
-        // As the manager does: hand the lock to the oldest registered waiter the hook read,
+        // As the manager does: with nobody registered when the callback started, read the
+        // registrations again; hand the lock to the oldest registered waiter the hook read,
         // else (or if that fails) release.
+        let registrations =
+            if registrations.is_empty() && worker_waits && crate::etcd::turn::releases(&done) {
+                let read = etcd.range_json(&unit.keys.waiting);
+                etcdctl::parse_get_json(&read.stdout).unwrap().1
+            } else {
+                registrations
+            };
         if worker_waits
             && crate::etcd::turn::releases(&done)
             && let Some(to) =

@@ -78,6 +78,8 @@ pub enum EtcdPurpose {
     HandOver,
     /// The waiters' registrations, read while a callback run on its worker's claim ran.
     ReadWaiters,
+    /// The waiters' registrations, read again after the callback (none were found before).
+    ReadWaitersAgain,
 }
 
 impl Manager {
@@ -280,15 +282,20 @@ impl Manager {
             args: vec!["txn".into()],
             env: etcd.environment.clone().unwrap_or_default(),
         });
+        let (_, keys) = etcd.identity(&self.unit);
         if facts.from_claim {
             // Nothing was read: the waiters to hand the lock to are read while the callback
             // runs (the read starts now and needs no input).
-            let (_, keys) = etcd.identity(&self.unit);
             self.commands.push_back(Command::PrepareEtcdctl {
                 args: turn::waiters_read(&keys).argv().0,
                 env: etcd.environment.clone().unwrap_or_default(),
             });
         }
+        // In case no unit waits yet: the read after the callback (see `etcd_callback_done`).
+        self.commands.push_back(Command::PrepareEtcdctl {
+            args: turn::late_waiters_read(&keys).argv().0,
+            env: etcd.environment.clone().unwrap_or_default(),
+        });
         self.commands.push_back(Command::RunCallback {
             id: op.callback_id.clone(),
             kwargs_json: crate::op::kwargs_json(&op.kwargs),
@@ -298,26 +305,51 @@ impl Manager {
     }
 
     /// The etcd-managed callback returned `result`: record it — after collecting the
-    /// waiters read while it ran, when it ran on its worker's claim.
+    /// waiters read while it ran, when it ran on its worker's claim, and after reading them
+    /// again when none were waiting and the lock would be handed over.
     pub(super) fn etcd_callback_done(
         &mut self,
         result: OperationResult,
         key: String,
         op: Operation,
     ) {
+        self.etcd_result_waiting = Some((result, key, op));
         let from_claim = matches!(
             self.etcd.as_ref().and_then(|e| e.facts.as_ref()),
             Some(Ok(facts)) if facts.from_claim
         );
-        let etcd = self.etcd.clone().expect("etcd turn");
         if from_claim {
+            let etcd = self.etcd.clone().expect("etcd turn");
             let (_, keys) = etcd.identity(&self.unit);
-            self.etcd_result_waiting = Some((result, key, op));
             self.etcdctl(
                 turn::waiters_read(&keys).argv().0,
                 None,
                 &etcd.environment.unwrap_or_default(),
                 EtcdPurpose::ReadWaiters,
+            );
+        } else {
+            self.etcd_waiters_known(false);
+        }
+    }
+
+    /// The waiters the hook knows of are in its facts (`again`: after reading them again).
+    /// With none, and the lock to be handed on, read them once more; else record the result.
+    fn etcd_waiters_known(&mut self, again: bool) {
+        let Some((result, key, op)) = self.etcd_result_waiting.take() else {
+            return;
+        };
+        let etcd = self.etcd.clone().expect("etcd turn");
+        let none_waiting = matches!(&etcd.facts, Some(Ok(facts)) if facts.waiters.is_empty());
+        let hands_on = self.worker_waits_for(&op) && turn::releases(&finalize(&op, result));
+        if !again && none_waiting && hands_on {
+            let (_, keys) = etcd.identity(&self.unit);
+            let (args, stdin) = turn::late_waiters_read(&keys).argv();
+            self.etcd_result_waiting = Some((result, key, op));
+            self.etcdctl(
+                args,
+                stdin,
+                &etcd.environment.unwrap_or_default(),
+                EtcdPurpose::ReadWaitersAgain,
             );
             return;
         }
@@ -394,8 +426,16 @@ impl Manager {
     /// the host gave up retrying.
     pub fn handle_etcdctl_result(&mut self, purpose: EtcdPurpose, result: Result<String, String>) {
         match (purpose, result) {
-            (EtcdPurpose::ReadWaiters, outcome) => {
-                match outcome.and_then(|out| turn::parse_waiters(&out)) {
+            (purpose @ (EtcdPurpose::ReadWaiters | EtcdPurpose::ReadWaitersAgain), outcome) => {
+                let again = purpose == EtcdPurpose::ReadWaitersAgain;
+                let parsed = outcome.and_then(|out| {
+                    if again {
+                        turn::parse_late_waiters(&out)
+                    } else {
+                        turn::parse_waiters(&out)
+                    }
+                });
+                match parsed {
                     Ok(waiters) => {
                         self.log(
                             LogLevel::Debug,
@@ -413,10 +453,7 @@ impl Manager {
                         format!("Could not read the units waiting for the etcd lock: {why}."),
                     ),
                 }
-                if let Some((result, key, op)) = self.etcd_result_waiting.take() {
-                    self.etcd_record(result, &key, &op);
-                    self.advance(false);
-                }
+                self.etcd_waiters_known(again);
             }
             (EtcdPurpose::HandOver, Ok(stdout))
                 if crate::etcd::etcdctl::parse_txn(&stdout) == Ok(true) =>
@@ -573,10 +610,15 @@ mod tests {
         worker_starts: u32,
         /// Another unit takes the lock while the callback runs (lease lapsed).
         steal_lock: Option<String>,
+        /// Another unit registers for the lock while the callback runs (unit, op time).
+        registers_meanwhile: Option<(&'static str, i64)>,
         /// etcdctl invocations and callbacks, in order.
         trace: Vec<String>,
         /// Writes to base_dir fail.
         read_only: bool,
+        /// Started etcdctl processes: the output of one that needed no input (it ran when
+        /// started, as a real `get` does), or the arguments of one waiting for its stdin.
+        started: Vec<Result<Output, Vec<String>>>,
     }
 
     impl Effects for Unit<'_> {
@@ -638,6 +680,9 @@ mod tests {
             self.trace.push(format!("callback {id}"));
             if let Some(lock) = self.steal_lock.take() {
                 self.etcd.put(&lock, "someone-else");
+            }
+            if let Some((unit, micros)) = self.registers_meanwhile.take() {
+                register_waiter(self.etcd, unit, micros);
             }
             CallbackOutcome::Returned(self.result.clone())
         }
@@ -721,6 +766,41 @@ mod tests {
             self.worker_starts += 1;
             Ok(())
         }
+        fn start_etcdctl(
+            &mut self,
+            args: &[String],
+            env: &[(String, String)],
+        ) -> Result<u32, Error> {
+            if args.first().map(String::as_str) == Some("lease") {
+                return Err(Error::Etcdctl("no keep-alive here".into()));
+            }
+            self.trace.push(format!("start {}", args.join(" ")));
+            let started = if args.contains(&"txn".to_string()) {
+                Err(args.to_vec())
+            } else {
+                let output = self.run_etcdctl(args, env, None, 0)?;
+                self.trace.pop();
+                Ok(output)
+            };
+            self.started.push(started);
+            Ok(self.started.len() as u32 - 1)
+        }
+        fn finish_etcdctl(
+            &mut self,
+            handle: u32,
+            stdin: Option<&str>,
+            _: u32,
+        ) -> Result<Output, Error> {
+            let slot = std::mem::replace(&mut self.started[handle as usize], Err(vec![]));
+            match slot {
+                Ok(output) => {
+                    self.trace.push("collect".into());
+                    Ok(output)
+                }
+                Err(args) if args.is_empty() => Err(Error::Etcdctl("spent".into())),
+                Err(args) => self.run_etcdctl(&args, &[], stdin, 0),
+            }
+        }
     }
 
     fn config() -> Config {
@@ -780,7 +860,9 @@ mod tests {
                 result: None,
                 worker_starts: 0,
                 steal_lock: None,
+                registers_meanwhile: None,
                 trace: vec![],
+                started: vec![],
                 read_only: false,
             }
         }
@@ -827,11 +909,13 @@ mod tests {
         claim
     }
 
-    /// The etcdctl invocations before the callback.
+    /// The etcdctl invocations waited for before the callback (processes started in the
+    /// background, as a host starts them, left out).
     fn before_callback(trace: &[String]) -> Vec<&str> {
         trace
             .iter()
             .take_while(|t| !t.starts_with("callback"))
+            .filter(|t| t.starts_with("etcdctl"))
             .map(String::as_str)
             .collect()
     }
@@ -848,7 +932,11 @@ mod tests {
 
     /// A 60 s lease from the fake etcd: its id.
     fn grant_lease(world: &mut World) -> String {
-        let granted = world.etcd.run(&Call::LeaseGrant(60)).stdout;
+        lease_from(&mut world.etcd)
+    }
+
+    fn lease_from(etcd: &mut FakeEtcd) -> String {
+        let granted = etcd.run(&Call::LeaseGrant(60)).stdout;
         granted.split_whitespace().nth(1).unwrap().to_string()
     }
 
@@ -923,9 +1011,13 @@ mod tests {
     /// Another unit's worker waiting for the lock with its op `micros` pending, registered
     /// the way its failed lock transaction registers it.
     fn waiter(world: &mut World, unit: &str, micros: i64) -> (Keys, String, String) {
+        register_waiter(&mut world.etcd, unit, micros)
+    }
+
+    fn register_waiter(etcd: &mut FakeEtcd, unit: &str, micros: i64) -> (Keys, String, String) {
         let owner = owner(MODEL, unit);
         let keys = Keys::new("c1", &owner);
-        let lease = grant_lease(world);
+        let lease = lease_from(etcd);
         let op = crate::op::Operation::new(
             "restart",
             Default::default(),
@@ -933,23 +1025,21 @@ mod tests {
             crate::timestamp::Timestamp::from_micros(micros),
         );
         let from = format!("{}{}", keys.pending, op.op_id());
-        world.etcd.put(&from, &op.to_json());
+        etcd.put(&from, &op.to_json());
         let registration = crate::etcd::handoff::Registration {
             owner: owner.clone(),
             lease: lease.clone(),
             op: Some((from.clone(), op.clone())),
         };
-        let attempt = world
-            .etcd
-            .run(&Call::TxnJson(crate::etcd::txn::acquire_and_claim(
-                &keys.lock,
-                &owner,
-                &lease,
-                &from,
-                &format!("{}{}", keys.inprogress, op.op_id()),
-                &op.to_json(),
-                (&keys.waiting_entry(&owner), &registration.encode()),
-            )));
+        let attempt = etcd.run(&Call::TxnJson(crate::etcd::txn::acquire_and_claim(
+            &keys.lock,
+            &owner,
+            &lease,
+            &from,
+            &format!("{}{}", keys.inprogress, op.op_id()),
+            &op.to_json(),
+            (&keys.waiting_entry(&owner), &registration.encode()),
+        )));
         assert!(
             !attempt.stdout.contains("\"succeeded\""),
             "the lock is held"
@@ -1092,14 +1182,19 @@ mod tests {
             Vec::<&str>::new(),
             "no etcdctl between the dispatch and the callback"
         );
-        let after: Vec<&str> = unit.trace.iter().map(String::as_str).collect();
+        let after: Vec<&str> = unit
+            .trace
+            .iter()
+            .skip_while(|t| !t.starts_with("callback"))
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             after[1..],
-            [
-                format!("etcdctl -w json get {} --prefix", keys.waiting).as_str(),
-                "etcdctl txn"
-            ]
+            ["collect", "etcdctl txn"],
+            "the registrations read with the callback are collected, then one finalize"
         );
+        let started = format!("start -w json get {} --prefix", keys.waiting);
+        assert!(unit.trace.contains(&started), "{:?}", unit.trace);
         assert_eq!(world.etcd.get(&keys.lock), Some(waiter_owner.as_str()));
         assert_eq!(
             world
@@ -1111,6 +1206,41 @@ mod tests {
         );
         assert_eq!(world.bag()["state"], "idle");
         assert_eq!(world.bag()["processing_backend"], "etcd");
+    }
+
+    #[test]
+    fn a_unit_that_registers_during_the_callback_is_handed_the_lock() {
+        for on_claim in [true, false] {
+            let mut world = World::with_a_claimed_op();
+            if on_claim {
+                full_claim(&mut world, 30_000);
+            } else {
+                claim_file_names_the_claimed_op(&mut world);
+            }
+            let keys = world.keys();
+            let mut unit = world.unit();
+            unit.result = Some("release".into());
+            unit.registers_meanwhile = Some(("other/2", 5));
+            event(&mut unit, Event::LockGranted);
+            assert_eq!(unit.calls, ["restart"]);
+            let after: Vec<&str> = unit
+                .trace
+                .iter()
+                .skip_while(|t| !t.starts_with("callback"))
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                after.last(),
+                Some(&"etcdctl txn"),
+                "read again, then one finalize: {after:?}"
+            );
+            assert!(after.contains(&"etcdctl -w json txn"), "{after:?}");
+            assert_eq!(
+                world.etcd.get(&keys.lock),
+                Some(owner(MODEL, "other/2").as_str()),
+                "on_claim {on_claim}: handed over, not released"
+            );
+        }
     }
 
     #[test]
