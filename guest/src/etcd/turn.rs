@@ -175,20 +175,6 @@ pub fn parse_waiters(stdout: &str) -> Result<Vec<etcdctl::Kv>, String> {
         .map_err(|e| e.0)
 }
 
-/// The waiters' registrations read again when the callback is done, when none were found
-/// before it: a unit that registered while it ran is handed the lock rather than left to
-/// race for it after a plain release. A transaction started with the callback, so the
-/// read costs one round trip.
-pub fn late_waiters_read(keys: &Keys) -> Call {
-    Call::TxnJson(txn::read_waiting(&keys.waiting))
-}
-
-/// The answer to [`late_waiters_read`].
-pub fn parse_late_waiters(stdout: &str) -> Result<Vec<etcdctl::Kv>, String> {
-    let reply = etcdctl::parse_txn_json(stdout).map_err(|e| e.0)?;
-    Ok(reply.ranges.into_iter().next().unwrap_or_default())
-}
-
 /// The lock's holder, the heads of `inprogress`, `pending` and `completed`, and the waiters'
 /// registrations, in one transaction
 /// (the reference reads them with three `get`s).

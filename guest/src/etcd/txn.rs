@@ -279,12 +279,6 @@ pub fn read_turn(
     )
 }
 
-/// The waiters' registrations alone, as a transaction: started ahead, the read happens when
-/// its body is written (see [`crate::etcd::turn::late_waiters_read`]).
-pub fn read_waiting(waiting: &str) -> String {
-    body(&[], &[format!("get {} --prefix", go_quote(waiting))])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
