@@ -901,6 +901,16 @@ mod tests {
         claim
     }
 
+    /// What happened after the callback.
+    fn after_callback(trace: &[String]) -> Vec<&str> {
+        trace
+            .iter()
+            .skip_while(|t| !t.starts_with("callback"))
+            .skip(1)
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The etcdctl invocations waited for before the callback (processes started in the
     /// background, as a host starts them, left out).
     fn before_callback(trace: &[String]) -> Vec<&str> {
@@ -1174,14 +1184,9 @@ mod tests {
             Vec::<&str>::new(),
             "no etcdctl between the dispatch and the callback"
         );
-        let after: Vec<&str> = unit
-            .trace
-            .iter()
-            .skip_while(|t| !t.starts_with("callback"))
-            .map(String::as_str)
-            .collect();
+        let after = after_callback(&unit.trace);
         assert_eq!(
-            after[1..],
+            after,
             ["collect", "etcdctl txn"],
             "the registrations read with the callback are collected, then one finalize"
         );
@@ -1215,12 +1220,7 @@ mod tests {
             unit.registers_meanwhile = Some(("other/2", 5));
             event(&mut unit, Event::LockGranted);
             assert_eq!(unit.calls, ["restart"]);
-            let after: Vec<&str> = unit
-                .trace
-                .iter()
-                .skip_while(|t| !t.starts_with("callback"))
-                .map(String::as_str)
-                .collect();
+            let after = after_callback(&unit.trace);
             assert_eq!(
                 after.last(),
                 Some(&"etcdctl txn"),
