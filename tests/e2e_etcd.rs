@@ -456,7 +456,10 @@ fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation_and_returns_wh
         .collect();
     assert!(!after.is_empty(), "{}", dump(&models));
     // Each of them was granted the peer relation's lock by a hook that committed after etcd
-    // went away.
+    // went away — except, at most once, the unit etcd had handed its lock to just before it
+    // died: its lock-granted hook takes the worker's claim at its word and runs under that
+    // lock without reading etcd (then falls back when the finalize fails).
+    let mut under_the_last_etcd_grant = Vec::new();
     for model in models {
         let journal = model.journal();
         for run in model.restarts().iter().filter(|r| r.start > killed_at) {
@@ -465,6 +468,15 @@ fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation_and_returns_wh
                     && j.end > killed_at
                     && j.end <= run.start
             });
+            let on_claim = journal.iter().any(|j| {
+                j.ctx == run.ctx
+                    && j.path == "hooks/rollingops_lock_granted"
+                    && j.source == "juju-exec"
+            }) && model.juju_log(&run.unit).contains("on the worker's claim");
+            if !granted && on_claim {
+                under_the_last_etcd_grant.push(run.unit.clone());
+                continue;
+            }
             assert!(
                 granted,
                 "{} ran its callback after etcd stopped without a peer grant\n{}",
@@ -473,6 +485,11 @@ fn etcd_lost_mid_queue_every_unit_falls_back_to_its_peer_relation_and_returns_wh
             );
         }
     }
+    assert!(
+        under_the_last_etcd_grant.len() <= 1,
+        "{under_the_last_etcd_grant:?} all ran under etcd's last grant\n{}",
+        dump(&models)
+    );
 
     // etcd comes back: the next requests go to etcd again (the stale queues the fallback
     // left there are cleaned first), and etcd alone decides the turns across both
