@@ -51,7 +51,7 @@ impl Sandbox {
         stdin: Option<&str>,
         timeout: Duration,
     ) -> Result<ExecOutput, Error> {
-        let mut child = self.spawn_etcdctl(args, env, stdin.is_some(), false)?;
+        let mut child = self.spawn_etcdctl(args, env, stdin.is_some())?;
         child.feed(stdin)?;
         child.wait(timeout, Until::Exit)
     }
@@ -65,7 +65,7 @@ impl Sandbox {
         env: &[(String, String)],
         timeout: Duration,
     ) -> Result<ExecOutput, Error> {
-        self.spawn_etcdctl(args, env, false, false)?
+        self.spawn_etcdctl(args, env, false)?
             .wait(timeout, Until::FirstLine)
     }
 
@@ -82,14 +82,11 @@ impl Sandbox {
         args: &[String],
         env: &[(String, String)],
     ) -> Result<StartedEtcdctl, Error> {
-        let mut command = self.command(args, env, true, true)?;
+        let command = self.command(args, env, true, true)?;
         let (started, spawned) = mpsc::channel();
         let (owner, released) = mpsc::channel::<()>();
         std::thread::spawn(move || {
-            let child = command
-                .spawn()
-                .map_err(|e| format!("cannot start etcdctl: {e}"));
-            let _ = started.send(child.map(Running::drain));
+            let _ = started.send(Running::spawn(command));
             // The child's parent for PR_SET_PDEATHSIG: stay until the handle goes.
             let _ = released.recv();
         });
@@ -99,21 +96,14 @@ impl Sandbox {
         })
     }
 
+    /// Start `etcdctl` now, in this thread, to be waited on here.
     fn spawn_etcdctl(
         &self,
         args: &[String],
         env: &[(String, String)],
         stdin: bool,
-        die_with_parent: bool,
     ) -> Result<Running, Error> {
-        let mut command = self.command(args, env, stdin, die_with_parent)?;
-        let child = command.spawn().map_err(|e| {
-            Error::Etcdctl(format!(
-                "cannot start {}: {e}",
-                self.etcdctl_path().display()
-            ))
-        })?;
-        Ok(Running::drain(child))
+        Running::spawn(self.command(args, env, stdin, false)?).map_err(Error::Etcdctl)
     }
 
     /// The etcdctl command, once the program is checked.
@@ -360,6 +350,15 @@ impl Collected {
 }
 
 impl Running {
+    /// Start `command` and its reader threads; why not, if it cannot start.
+    fn spawn(mut command: Command) -> Result<Self, String> {
+        let program = Path::new(command.get_program()).display().to_string();
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        Ok(Running::drain(child))
+    }
+
     /// Start the reader threads. They signal the moment their condition is met, so nothing
     /// polls.
     fn drain(mut child: Child) -> Self {

@@ -436,9 +436,9 @@ class Host:
         stdin: str | None,
         timeout_ms: int,
     ) -> Record | Variant:
-        program = self.etcdctl_path()
-        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
-            return _err('etcdctl', f'etcdctl is not installed at {program}')
+        program = self._installed_etcdctl()
+        if isinstance(program, Variant):
+            return program
         try:
             done = subprocess.run(
                 [program, *args],
@@ -480,9 +480,9 @@ class Host:
         meanwhile; it dies with this process (``PR_SET_PDEATHSIG``) or with
         :meth:`stop_etcdctl`.
         """
-        program = self.etcdctl_path()
-        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
-            return _err('etcdctl', f'etcdctl is not installed at {program}')
+        program = self._installed_etcdctl()
+        if isinstance(program, Variant):
+            return program
         self._next_handle += 1
         self._started[self._next_handle] = _Background(
             lambda: _spawn(program, args, env, stdin=True, die_with_parent=True)
@@ -528,10 +528,17 @@ class Host:
     def _spawn_etcdctl(
         self, args: list[str], env: list[tuple[str, str]], *, stdin: bool
     ) -> _Drained | Variant:
+        program = self._installed_etcdctl()
+        if isinstance(program, Variant):
+            return program
+        return _spawn(program, args, env, stdin=stdin, die_with_parent=False)
+
+    def _installed_etcdctl(self) -> str | Variant:
+        """The etcdctl to run, or why there is none."""
         program = self.etcdctl_path()
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
             return _err('etcdctl', f'etcdctl is not installed at {program}')
-        return _spawn(program, args, env, stdin=stdin, die_with_parent=False)
+        return program
 
     # -- files -----------------------------------------------------------------------------
 
