@@ -294,23 +294,24 @@ fn load_etcd(
         (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
     };
     let model_uuid = fx.model_uuid();
-    // Unreadable, no claim may be taken at its word (nor a grant recorded).
-    let last_grant = match fx.read_file(turn::GRANT_FILE) {
-        Ok(Some(text)) => turn::decode_last_grant(&String::from_utf8_lossy(&text)),
-        Ok(None) => 0,
-        Err(_) => u64::MAX,
-    };
     let mut context = EtcdContext {
         model_uuid,
         cluster_id: cluster_id.to_string(),
         relation,
         environment,
         facts: None,
-        last_grant,
+        last_grant: 0,
     };
     if matches!(facts, Facts::Skip) || context.unusable().is_some() {
         return Ok(context);
     }
+    // Unreadable, no claim may be taken at its word (nor a grant recorded).
+    context.last_grant = match fx.read_file(turn::GRANT_FILE) {
+        Ok(Some(text)) => turn::decode_last_grant(&String::from_utf8_lossy(&text)),
+        Ok(None) => 0,
+        Err(_) => u64::MAX,
+    };
+    let last_grant = context.last_grant;
     let (owner, keys) = context.identity(unit);
     let claim = fx
         .read_file(worker::CLAIM_FILE)

@@ -324,8 +324,8 @@ pub struct Manager {
     awaiting_etcd: Option<(String, Operation)>,
     /// The plain finalize to run if handing the lock over fails.
     etcd_plain_release: Option<String>,
-    /// A callback run on its worker's claim finished with this result: it is recorded
-    /// once the waiters, read while it ran, are in.
+    /// An etcd-managed callback finished with this result (key, op): it is recorded once
+    /// the waiters to hand the lock to are known (read while it ran, or again after it).
     etcd_result_waiting: Option<(OperationResult, String, Operation)>,
     /// The health check running for the gate of this grant.
     awaiting_health: Option<(Grant, crate::features::HealthGate)>,

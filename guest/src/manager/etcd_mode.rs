@@ -37,7 +37,7 @@ pub struct EtcdContext {
     /// What etcd said, or why it could not be read; `None` when not read.
     pub facts: Option<Result<EtcdFacts, String>>,
     /// The last grant this unit ran a callback for ([`crate::etcd::turn::GRANT_FILE`]; 0:
-    /// none, `u64::MAX`: unreadable).
+    /// none or not read — only hooks that read the facts read it —, `u64::MAX`: unreadable).
     pub last_grant: u64,
 }
 
@@ -264,7 +264,7 @@ impl Manager {
                 }
             ),
         );
-        if facts.inprogress_revision > 0 && facts.inprogress_revision > etcd.last_grant {
+        if facts.inprogress_revision > etcd.last_grant {
             self.commands.push_back(Command::RecordGrant {
                 revision: facts.inprogress_revision,
             });
